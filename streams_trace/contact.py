@@ -1,0 +1,85 @@
+"""Contact strings: ``HOST:PORT`` pairs naming where something accepts connections.
+
+One parser for every place that takes one: conf files, command-line options and
+the gateway. IPv6 literals are written in brackets, ``[::1]:8888``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from dataclasses import dataclass
+
+# RFC 1123 host names, plus the underscore some sites use in internal names.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?)+$")
+
+GLOBUS_NAME_PREFIX = "globus."
+
+
+class ContactError(ValueError):
+    """A contact string that is not HOST:PORT; the message says what is wrong."""
+
+
+@dataclass(frozen=True, order=True)
+class Contact:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) pair for socket calls."""
+        return (self.host, self.port)
+
+    @property
+    def is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ContactError(f"port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def parse_contact(text: str) -> Contact:
+    """Parse ``HOST:PORT`` or ``[IPV6]:PORT``; raise ContactError with the reason."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ContactError(f"{text!r} is not [IPV6]:PORT")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ContactError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ContactError(f"{text!r} is not HOST:PORT (for example 10.0.2.164:8888)")
+        if ":" in host:
+            raise ContactError(f"{text!r}: write an IPv6 address in brackets, [{host}]:PORT")
+        if not _HOSTNAME.match(host):
+            raise ContactError(f"{host!r} is not a valid host name or address")
+    return Contact(host.lower(), parse_port(port_text))
+
+
+def parse_tunnel_id(text: str) -> str:
+    """Tunnel IDs are UUIDs; return the canonical lower-case form."""
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise ContactError(f"{text!r} is not a tunnel ID (a UUID)") from None
+
+
+def globus_name(tunnel_id: str) -> str:
+    """The dummy host name that stands for a tunnel: ``globus.<TUNNEL_ID>``."""
+    return GLOBUS_NAME_PREFIX + tunnel_id

@@ -1,0 +1,1 @@
+"""Data paths: the pumps that carry bytes between two connected sockets."""

@@ -1,0 +1,259 @@
+"""A pure-Python data pump: moves bytes between socket pairs with splice(2).
+
+One thread, one epoll set, any number of pairs. Each direction has its own
+pipe: bytes are spliced from the source socket into the pipe and from the pipe
+into the destination socket, so they never enter Python. End of file on one
+side becomes ``shutdown(SHUT_WR)`` on the other once the pipe is drained (half
+close passes through); a reset or write error on either side resets the other.
+A pair is closed when both directions have finished.
+
+The native helper (``native/``) does the same job faster; this pump is the
+fallback where it cannot be built, and the gateway's pump until then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import queue
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, missing from Python < 3.10's fcntl on some builds
+PIPE_SIZE = 256 * 1024
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# Bytes one pair may move per wake-up before others get their turn.
+FAIR_SHARE = 4 * PIPE_SIZE
+_RESET_ERRORS = (
+    errno.ECONNRESET,
+    errno.EPIPE,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ECONNABORTED,
+)
+
+# Called when a pair finishes: bytes a->b, bytes b->a, and whether it ended in a reset.
+DoneCallback = Callable[[int, int, bool], None]
+
+
+@dataclass
+class _Direction:
+    source: socket.socket
+    sink: socket.socket
+    pipe_read: int
+    pipe_write: int
+    buffered: int = 0
+    moved: int = 0
+    eof: bool = False
+    # The last read found no room or no data while bytes waited in the pipe: a full
+    # pipe cannot be told apart from an empty socket, so reading waits for a drain.
+    stalled: bool = False
+    finished: bool = False  # EOF seen and forwarded as shutdown(SHUT_WR)
+
+
+class _Pair:
+    def __init__(self, a: socket.socket, b: socket.socket, on_done: DoneCallback | None):
+        self.a, self.b = a, b
+        self.on_done = on_done
+        self.forward = _Direction(a, b, *_make_pipe())
+        try:
+            self.backward = _Direction(b, a, *_make_pipe())
+        except OSError:
+            os.close(self.forward.pipe_read)
+            os.close(self.forward.pipe_write)
+            raise
+        self.reset = False
+
+    @property
+    def finished(self) -> bool:
+        return self.reset or (self.forward.finished and self.backward.finished)
+
+    def events_for(self, sock: socket.socket) -> int:
+        """What to wait for on ``sock``: readable if it may send, writable if bytes wait for it."""
+        out, into = (
+            (self.forward, self.backward) if sock is self.a else (self.backward, self.forward)
+        )
+        events = 0
+        if not out.eof and not out.stalled and out.buffered < PIPE_SIZE:
+            events |= select.EPOLLIN
+        if into.buffered:
+            events |= select.EPOLLOUT
+        return events
+
+    def close(self) -> None:
+        for direction in (self.forward, self.backward):
+            os.close(direction.pipe_read)
+            os.close(direction.pipe_write)
+        if self.reset:
+            # SO_LINGER 0 makes close() send a reset, so a reset passes through.
+            linger = struct.pack("ii", 1, 0)
+            for sock in (self.a, self.b):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        self.a.close()
+        self.b.close()
+
+
+def _make_pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # keep the default size when the system limit is lower
+    return read_end, write_end
+
+
+def _move(direction: _Direction) -> None:
+    """Move what can move now in one direction, without blocking."""
+    budget = FAIR_SHARE
+    while budget > 0:
+        progress = 0
+        if not direction.eof and direction.buffered < PIPE_SIZE:
+            try:
+                count = os.splice(
+                    direction.source.fileno(),
+                    direction.pipe_write,
+                    PIPE_SIZE - direction.buffered,
+                    flags=SPLICE_FLAGS,
+                )
+            except BlockingIOError:
+                count = -1
+                direction.stalled = direction.buffered > 0
+            if count == 0:
+                direction.eof = True
+            elif count > 0:
+                direction.buffered += count
+                direction.moved += count
+                progress += count
+        if direction.buffered:
+            try:
+                count = os.splice(
+                    direction.pipe_read,
+                    direction.sink.fileno(),
+                    direction.buffered,
+                    flags=SPLICE_FLAGS,
+                )
+            except BlockingIOError:
+                count = 0
+            direction.buffered -= count
+            progress += count
+            if count:
+                direction.stalled = False
+        if direction.eof and not direction.buffered and not direction.finished:
+            direction.finished = True
+            try:
+                direction.sink.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:
+                    raise
+        if not progress:
+            return
+        budget -= progress
+
+
+class SplicePump:
+    """Carries bytes both ways for many socket pairs on one background thread."""
+
+    name = "python-splice"
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake_read, select.EPOLLIN)
+        self._incoming: queue.SimpleQueue[_Pair] = queue.SimpleQueue()
+        self._by_fd: dict[int, tuple[_Pair, socket.socket]] = {}
+        self._pairs: set[_Pair] = set()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="splice-pump", daemon=True)
+        self._thread.start()
+
+    @property
+    def active(self) -> int:
+        """Pairs still carrying data."""
+        return len(self._pairs) + self._incoming.qsize()
+
+    def add(self, a: socket.socket, b: socket.socket, on_done: DoneCallback | None = None) -> None:
+        """Take ownership of two connected sockets and join them until both ends finish."""
+        a.setblocking(False)
+        b.setblocking(False)
+        self._incoming.put(_Pair(a, b, on_done))
+        self._wake()
+
+    def close(self) -> None:
+        """Stop the thread and close every pair it still holds."""
+        self._stopping = True
+        self._wake()
+        self._thread.join()
+        while not self._incoming.empty():
+            self._incoming.get().close()
+        for pair in list(self._pairs):
+            self._finish(pair)
+        self._epoll.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"x")
+        except BlockingIOError:
+            pass  # already awake
+
+    def _run(self) -> None:
+        while not self._stopping:
+            for fd, _ in self._epoll.poll():
+                if fd == self._wake_read:
+                    self._drain_wakeups()
+                    continue
+                entry = self._by_fd.get(fd)
+                if entry is not None and entry[0] in self._pairs:
+                    self._service(entry[0])
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while not self._incoming.empty():
+            pair = self._incoming.get()
+            self._pairs.add(pair)
+            for sock in (pair.a, pair.b):
+                self._by_fd[sock.fileno()] = (pair, sock)
+                self._epoll.register(sock.fileno(), 0)
+            self._service(pair)
+
+    def _service(self, pair: _Pair) -> None:
+        try:
+            _move(pair.forward)
+            _move(pair.backward)
+        except OSError as exc:
+            if exc.errno not in _RESET_ERRORS:
+                log.warning("relay error: %s", exc)
+            pair.reset = True
+        if pair.finished:
+            self._finish(pair)
+            return
+        for sock in (pair.a, pair.b):
+            self._epoll.modify(sock.fileno(), pair.events_for(sock))
+
+    def _finish(self, pair: _Pair) -> None:
+        self._pairs.discard(pair)
+        for sock in (pair.a, pair.b):
+            fd = sock.fileno()
+            if fd >= 0:
+                self._by_fd.pop(fd, None)
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(fd)
+        pair.close()
+        if pair.on_done is not None:
+            pair.on_done(pair.forward.moved, pair.backward.moved, pair.reset)
