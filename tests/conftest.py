@@ -1,0 +1,88 @@
+"""Shared fixtures: a real local gateway process and helpers to talk through it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def streams_trace_command(*args: str) -> list[str]:
+    """Run the CLI of this checkout with this interpreter."""
+    return [sys.executable, "-m", "streams_trace", *args]
+
+
+@dataclass
+class Gateway:
+    """A running `streams-trace gateway` process and what it wrote."""
+
+    process: subprocess.Popen[str]
+    tunnel_id: str
+    initiator_dir: Path
+    listener_dir: Path
+    listener_port: int
+
+    @property
+    def listener_address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.listener_port)
+
+    def stop(self) -> str:
+        """SIGTERM it, wait, and return what it wrote on stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        return err
+
+
+def start_gateway(tmp_path: Path, *extra: str, listener_port: int | None = None,
+                  env: dict[str, str] | None = None) -> Gateway:
+    listener_port = listener_port or free_port()
+    initiator_dir, listener_dir = tmp_path / "initiator", tmp_path / "listener"
+    process = subprocess.Popen(
+        streams_trace_command(
+            "gateway", "--listener-contact-string", f"127.0.0.1:{listener_port}",
+            "--initiator-config-dir", str(initiator_dir),
+            "--listener-config-dir", str(listener_dir), *extra),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    line = process.stdout.readline().strip()
+    if not line:
+        _, err = process.communicate(timeout=10)
+        raise AssertionError(f"gateway did not start: {err}")
+    assert time.monotonic() < deadline
+    return Gateway(process, line, initiator_dir, listener_dir, listener_port)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A local gateway whose listener side expects a program on a free loopback port."""
+    running = start_gateway(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
