@@ -91,7 +91,8 @@ def demo(keep: bool) -> None:
                 with client.connect(tunnel_id, config_dir=initiator_dir) as sock:
                     connected = time.monotonic()
                     _step(f"3. client connected through the tunnel in "
-                          f"{(connected - started) * 1000:.1f} ms (handshake with the initiator access point done)")
+                          f"{(connected - started) * 1000:.1f} ms, handshake with the "
+                          f"initiator access point done")
                     sock.sendall(payload)
                     sock.shutdown(socket.SHUT_WR)
                     answer = b""
