@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(gcc libc6-dev busybox-static musl-tools golang-go iperf3 curl iproute2 socat)
+DEBIAN_PACKAGES=(gcc libc6-dev busybox-static musl-tools golang-go iperf3 curl iproute2 socat groff-base)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
