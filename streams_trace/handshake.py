@@ -120,6 +120,7 @@ class Handshake:
     """State shared by both roles: framing, failures, the deadline."""
 
     role: Role
+    first_expected: tuple[Message, ...]  # what the peer may send first
 
     def __init__(
         self,
@@ -144,7 +145,7 @@ class Handshake:
         self.leftover = b""  # bytes after the handshake: application data
         self._buffer = b""
         self._reject = b""
-        self._expected: tuple[Message, ...] = ()
+        self._expected = self.first_expected
 
     # -- driver interface ------------------------------------------------------------
 
@@ -256,10 +257,7 @@ class Connector(Handshake):
     """The side that opened the connection: sends HELLO first."""
 
     role = Role.CONNECTOR
-
-    def __init__(self, secret: bytes, tunnel_id: str, **kwargs: object) -> None:
-        super().__init__(secret, tunnel_id, **kwargs)  # type: ignore[arg-type]
-        self._expected = (Message.CHALLENGE, Message.REJECT)
+    first_expected = (Message.CHALLENGE, Message.REJECT)
 
     def start(self) -> bytes:
         """HELLO: the first message, sent as soon as the connection is up."""
@@ -289,11 +287,8 @@ class Acceptor(Handshake):
     """The side that accepted the connection: answers HELLO with a CHALLENGE."""
 
     role = Role.ACCEPTOR
-
-    def __init__(self, secret: bytes, tunnel_id: str, **kwargs: object) -> None:
-        super().__init__(secret, tunnel_id, **kwargs)  # type: ignore[arg-type]
-        self._expected = (Message.HELLO,)
-        self._connector_nonce = b""
+    first_expected = (Message.HELLO,)
+    _connector_nonce = b""  # set by HELLO
 
     def _handle(self, kind: Message, body: bytes) -> bytes:
         if kind is Message.REJECT:

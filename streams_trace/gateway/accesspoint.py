@@ -53,7 +53,7 @@ class AccessPoint:
     pump: SplicePump
     handshake_timeout: float = DEFAULT_TIMEOUT
     stats: Stats = field(default_factory=Stats)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     async def serve(self, server: socket.socket) -> None:
         """Accept connections on ``server`` (listening, non-blocking) until cancelled."""

@@ -210,6 +210,8 @@ async def run(
         for server in gateway.servers:
             server.close()
         pump.close()
+        for name, stats in gateway.stats.items():
+            log.info("%s: %s", name, stats)
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
