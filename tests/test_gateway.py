@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +22,27 @@ from streams_trace.lan import HandshakeError, handshake_blocking
 from .conftest import REPO, Gateway, free_port, start_gateway, streams_trace_command
 
 PEERS = str(Path(__file__).with_name("peers.py"))
+_spawned: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_peer_outlives_its_test() -> Iterator[None]:
+    yield
+    while _spawned:
+        process = _spawned.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def peer(role: str, tunnel_id: str, config_dir: Path, **options: int) -> subprocess.Popen[str]:
     args = [sys.executable, PEERS, role, tunnel_id, str(config_dir)]
     for name, value in options.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO)
+    _spawned.append(process)
+    return process
 
 
 def start_server(gateway: Gateway, config_dir: Path | None = None,
