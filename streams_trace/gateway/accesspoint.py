@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from ..contact import Contact
 from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector
 from ..lan import HandshakeError, handshake_async
-from ..relay.pump import DoneCallback, SplicePump
+from ..relay import Pump
+from ..relay.pump import DoneCallback
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class AccessPoint:
     inbound_secret: bytes | None
     onward: Contact
     onward_secret: bytes | None
-    pump: SplicePump
+    pump: Pump
     handshake_timeout: float = DEFAULT_TIMEOUT
     stats: Stats = field(default_factory=Stats)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)

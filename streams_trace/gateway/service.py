@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..contact import Contact, globus_name
 from ..errors import ConfError, NetworkError, UsageError
-from ..relay.pump import SplicePump
+from ..relay import best_pump
 from . import tunnel as tunnelmod
 from .accesspoint import AccessPoint, Stats, listening_socket
 
@@ -119,7 +119,7 @@ async def run(
     previous = tunnelmod.read_state(state_file)
     expires = time.time() + options.lifetime_minutes * 60
     gateway = RunningGateway(tunnel_id, state_file)
-    pump = SplicePump()
+    pump = best_pump()
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     serving: list[asyncio.Task[None]] = []
