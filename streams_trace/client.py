@@ -21,6 +21,7 @@ from types import TracebackType
 
 from . import conf as confmod
 from .errors import NetworkError
+from .globus.lookup import current_conf
 from .handshake import DEFAULT_TIMEOUT, Acceptor, Connector
 from .lan import HandshakeError, handshake_blocking
 
@@ -37,7 +38,7 @@ def connect(
     Raises ``ConfError`` for a missing, insecure or expired conf and
     ``NetworkError`` when the access point is unreachable or refuses us.
     """
-    tunnel = confmod.load(tunnel_id, config_dir)
+    tunnel = current_conf(tunnel_id, config_dir)  # refreshes a stale contact from Globus
     tunnel.check_not_expired()
     return connect_with_conf(tunnel, timeout=timeout)
 

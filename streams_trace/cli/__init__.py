@@ -23,6 +23,10 @@ DEBUG_ENV = "STREAMS_TRACE_DEBUG"
 SUBCOMMANDS = {
     "gateway": "streams_trace.cli.gateway:gateway",
     "demo": "streams_trace.cli.demo:demo",
+    "environment": "streams_trace.cli.environment:environment",
+    "login": "streams_trace.cli.login:login",
+    "logout": "streams_trace.cli.login:logout",
+    "whoami": "streams_trace.cli.login:whoami",
 }
 
 log = logging.getLogger("streams_trace")
@@ -59,6 +63,10 @@ class LazyGroup(click.Group):
 SUMMARIES = {
     "gateway": "Run a local pair of stream access points (initiator and listener).",
     "demo": "Show a tunnel working on this machine, on the local gateway.",
+    "environment": "Initialize, look up, show and clean up tunnel conf files (Globus).",
+    "login": "Log in to Globus (prints a URL, reads the code).",
+    "logout": "Revoke and forget this tool's Globus tokens.",
+    "whoami": "Print the Globus identity you are logged in as.",
 }
 
 
