@@ -72,9 +72,9 @@ def initialize(
         )
     ensure_logged_in(app, interactive=request.interactive)
     client = tunnels.transfer_client(app)
-    tunnel = tunnels.get_tunnel(client, request.tunnel_id)
-    tunnel.check_usable()
     if request.listener_contact is not None:
+        tunnel = tunnels.get_tunnel(client, request.tunnel_id)
+        tunnel.check_usable()
         tunnels.register_listener(client, request.tunnel_id, request.listener_contact)
         access_point = tunnel.listener_access_point
     else:

@@ -73,7 +73,7 @@ def with_tunnel_contact(
 ) -> confmod.TunnelConf:
     """A copy of the conf holding the tunnel's initiator contact, stamped ``now``."""
     now = time.time() if now is None else now
-    tunnel.check_usable(now)
+    tunnel.check_usable()
     if tunnel.initiator_contact is None:
         raise GlobusTunnelError(
             f"tunnel {conf.tunnel_id} has no initiator contact yet (it is {tunnel.state}): "

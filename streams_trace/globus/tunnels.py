@@ -64,18 +64,16 @@ class Tunnel:
     def is_stopped(self) -> bool:
         return self.state in STOPPED_STATES
 
-    def check_usable(self, now: float | None = None) -> None:
-        """Raise GlobusTunnelError for a stopped or expired tunnel."""
-        now = time.time() if now is None else now
+    def check_usable(self) -> None:
+        """Raise GlobusTunnelError for a stopped tunnel (Globus stops it when its lifetime ends).
+
+        The state Globus reports decides, not created_time + lifetime_mins,
+        which only estimates the expiration written to the conf.
+        """
         if self.is_stopped:
             because = f" ({self.status})" if self.status else ""
             raise GlobusTunnelError(
                 f"tunnel {self.tunnel_id} is {self.state.lower()}{because}; "
-                f"{TUNNEL_CREATE_HINT} and initialize the environment again"
-            )
-        if self.expiration_time is not None and now >= self.expiration_time:
-            raise GlobusTunnelError(
-                f"tunnel {self.tunnel_id} has outlived its lifetime; "
                 f"{TUNNEL_CREATE_HINT} and initialize the environment again"
             )
 
