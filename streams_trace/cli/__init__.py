@@ -21,6 +21,7 @@ DEBUG_ENV = "STREAMS_TRACE_DEBUG"
 
 # name -> "module:attribute", loaded on first use.
 SUBCOMMANDS = {
+    "run": "streams_trace.cli.run:run",
     "gateway": "streams_trace.cli.gateway:gateway",
     "demo": "streams_trace.cli.demo:demo",
     "environment": "streams_trace.cli.environment:environment",
@@ -61,6 +62,7 @@ class LazyGroup(click.Group):
 
 
 SUMMARIES = {
+    "run": "Run a program with its connections put on a tunnel (streams-run).",
     "gateway": "Run a local pair of stream access points (initiator and listener).",
     "demo": "Show a tunnel working on this machine, on the local gateway.",
     "environment": "Initialize, look up, show and clean up tunnel conf files (Globus).",

@@ -1,0 +1,464 @@
+"""The redirect policy: what streams-run does at a stopped connect, bind, accept or sendto.
+
+Initiator side: a connect to ``globus.<TUNNEL_ID>:<fake_port>`` (the name
+resolves, through ``dns``, to an address of ours) or to a ``--globus-contact``
+goes to the initiator access point. The supervisor takes the program's own
+socket with pidfd_getfd, connects it and runs the LAN handshake, then completes
+the program's connect without running it: no relay, the program's socket is
+the tunnel connection, and its sockaddr buffer is never written.
+
+Listener side: a bind to a tunnel port marks that socket (by inode, so dup,
+fork and fd reuse cannot confuse it). An accept on a marked socket runs to its
+end; the supervisor then authenticates the new connection before the program
+sees it. One that fails is closed inside the program and the accept runs
+again, so a blocking accept goes on waiting and a non-blocking one says EAGAIN.
+
+Each operation is a small state machine on the supervisor's loop: many
+handshakes proceed at once and none blocks the supervisor.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import selectors
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ..conf import TunnelConf
+from ..contact import Contact, globus_name
+from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector, Handshake, State
+from ..trace import ptraceapi as pt
+from ..trace import sockaddr as sa_codec
+from ..trace.sockaddr import SockAddr
+from .dns import Responder
+from .loop import Loop, Timer
+from .tracer import Task, Tracer
+
+log = logging.getLogger("streams_trace.run")
+
+# Addresses the DNS responder gives the tunnel's names; loopback, so a connect
+# that somehow escaped the redirect reaches nothing outside this node.
+FAKE_NETWORK = ipaddress.IPv4Network("127.240.83.0/24")
+DNS_PORT = 53
+
+
+@dataclass
+class Settings:
+    tunnel: TunnelConf
+    contacts: list[Contact] = field(default_factory=list)  # --globus-contact and the conf's
+    listen_ports: set[int] = field(default_factory=set)
+    timeout: float = DEFAULT_TIMEOUT  # connect + handshake, per connection
+    resolve_names: bool = True
+
+
+class PidfdGetfdMissing(OSError):
+    pass
+
+
+class Redirector:
+    """The policy object the tracer calls at every stopped syscall."""
+
+    def __init__(self, tracer: Tracer, loop: Loop, settings: Settings) -> None:
+        self.tracer = tracer
+        self.loop = loop
+        self.settings = settings
+        self.tunnel = settings.tunnel
+        numbers = tracer.arch.syscalls
+        self.handlers = {
+            numbers["connect"]: self.on_connect,
+            numbers["bind"]: self.on_bind,
+            numbers["accept"]: self.on_accept,
+            numbers["accept4"]: self.on_accept,
+        }
+        self.pidfds: dict[int, int] = {}
+        self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
+        self.access_point = self.tunnel.connector_contact_string
+        # Names the responder answers, and the (host, port) pairs a connect is redirected for.
+        hosts = iter(FAKE_NETWORK.hosts())
+        self.names: dict[str, str] = {}
+        self.targets: dict[tuple[str, int], str] = {}
+        if self.tunnel.fake_port is not None:
+            name = globus_name(self.tunnel.tunnel_id)
+            self.names[name] = str(next(hosts))
+            self.targets[(self.names[name], self.tunnel.fake_port)] = (
+                f"{name}:{self.tunnel.fake_port}"
+            )
+        for contact in settings.contacts:
+            try:
+                literal = ipaddress.ip_address(contact.host)
+            except ValueError:
+                address = self.names.setdefault(contact.host.lower(), str(next(hosts)))
+                self.targets[(address, contact.port)] = str(contact)
+                continue
+            host = str(literal.ipv4_mapped or literal) if literal.version == 6 else str(literal)
+            self.targets[(host, contact.port)] = str(contact)
+        self.dns = Responder(loop, self.names) if settings.resolve_names and self.names else None
+        self.redirected = 0
+        self.refused = 0
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def on_syscall(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        handler = self.handlers.get(nr)
+        if handler is None:
+            self.tracer.resume(task)
+            return
+        try:
+            handler(task, nr, args)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return
+            log.debug("syscall %d of thread %d left alone: %s", nr, task.tid, exc)
+            self.tracer.resume(task)
+
+    def forget_process(self, tgid: int) -> None:
+        pidfd = self.pidfds.pop(tgid, None)
+        if pidfd is not None:
+            os.close(pidfd)
+
+    def close(self) -> None:
+        for tgid in list(self.pidfds):
+            self.forget_process(tgid)
+        if self.dns is not None:
+            self.dns.close()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _read_sockaddr(self, task: Task, address: int, length: int) -> SockAddr | None:
+        if not address or not 2 <= length <= sa_codec.MAX_SOCKADDR:
+            return None
+        return sa_codec.decode(pt.read_memory(task.tid, address, length))
+
+    def take_socket(self, task: Task, fd: int) -> socket.socket:
+        """The program's socket ``fd`` as a socket object of ours (the same open file)."""
+        pidfd = self.pidfds.get(task.tgid)
+        if pidfd is None:
+            pidfd = os.pidfd_open(task.tgid)
+            self.pidfds[task.tgid] = pidfd
+        try:
+            copy = pt.pidfd_getfd(pidfd, fd)
+        except OSError as exc:
+            if exc.errno == errno.ENOSYS:
+                raise PidfdGetfdMissing(
+                    exc.errno,
+                    "this kernel has no pidfd_getfd (Linux 5.6+), which streams-run needs "
+                    "to take over the program's socket",
+                ) from None
+            raise
+        try:
+            return socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)
+            raise
+
+    def _socket_inode(self, task: Task, fd: int) -> int:
+        return os.stat(f"/proc/{task.tid}/fd/{fd}").st_ino
+
+    # -- initiator side ----------------------------------------------------------------
+
+    def on_connect(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        fd, address, length = args[0], args[1], args[2]
+        target = self._read_sockaddr(task, address, length)
+        if target is None or not target.is_ip:
+            self.tracer.resume(task)
+            return
+        if target.port == DNS_PORT and self.dns is not None:
+            self._redirect_dns(task, fd, target)
+            return
+        name = self.targets.get(target.key)
+        if name is None or self.access_point is None:
+            self.tracer.resume(task)
+            return
+        ConnectRedirect(self, task, fd, target, name).start()
+
+    def _redirect_dns(self, task: Task, fd: int, nameserver: SockAddr) -> None:
+        assert self.dns is not None
+        sock = self.take_socket(task, fd)
+        try:
+            responder = self.dns.address_for(sock.family, nameserver.mapped)
+            if sock.type != socket.SOCK_DGRAM or responder is None:
+                self.tracer.resume(task)
+                return
+            try:
+                sock.connect(responder)
+            except OSError as exc:
+                self.tracer.complete(task, -(exc.errno or errno.ECONNREFUSED))
+                return
+            self.dns.register(sock.getsockname(), nameserver)
+        finally:
+            sock.close()
+        log.debug("dns: queries of process %d to %s go through the tunnel's responder",
+                  task.tgid, nameserver)
+        self.tracer.complete(task, 0)
+
+    # -- listener side -----------------------------------------------------------------
+
+    def on_bind(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        fd, address, length = args[0], args[1], args[2]
+        local = self._read_sockaddr(task, address, length)
+        if local is not None and local.is_ip and local.port in self.settings.listen_ports:
+            inode = self._socket_inode(task, fd)
+            if inode not in self.listeners:
+                self.listeners.add(inode)
+                log.debug("bind %s by process %d: its connections will be authenticated "
+                          "as the tunnel's listener", local, task.tgid)
+        self.tracer.resume(task)
+
+    def on_accept(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        if not self.listeners or self.tunnel.secret is None:
+            self.tracer.resume(task)
+            return
+        if self._socket_inode(task, args[0]) not in self.listeners:
+            self.tracer.resume(task)
+            return
+        self.tracer.run_to_exit(task, lambda info: self._accepted(task, nr, args, info))
+
+    def _accepted(self, task: Task, nr: int, args: tuple[int, ...], info: pt.SyscallInfo) -> None:
+        if info.is_error or info.rval < 0:
+            self.tracer.resume(task)
+            return
+        AcceptCheck(self, task, int(info.rval), nr, args).start()
+
+
+class Operation:
+    """One connection being set up for a held thread: socket I/O, a deadline, one log line."""
+
+    what = "connection"
+
+    def __init__(self, owner: Redirector, task: Task, fd: int) -> None:
+        self.owner = owner
+        self.loop: Loop = owner.loop
+        self.task = task
+        self.fd = fd
+        self.started = time.monotonic()
+        self.deadline = self.started + owner.settings.timeout
+        self.sock: socket.socket | None = None
+        self.saved_flags: int | None = None
+        self.machine: Handshake | None = None
+        self.timer: Timer | None = None
+        self.finished = False
+
+    def _take(self) -> socket.socket:
+        sock = self.owner.take_socket(self.task, self.fd)
+        self.sock = sock
+        # Non-blocking for the supervisor; the flag lives on the shared open file, so the
+        # program's own setting is put back before it runs again.
+        self.saved_flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
+        fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, self.saved_flags | os.O_NONBLOCK)
+        self.timer = self.loop.call_at(self.deadline, self._on_timeout)
+        self.task.on_death.append(self._on_death)
+        return sock
+
+    def _start_handshake(self, machine: Handshake) -> None:
+        assert self.sock is not None
+        self.machine = machine
+        out = machine.start()
+        if out:
+            self.sock.sendall(out)
+        self.loop.watch(self.sock, selectors.EVENT_READ, self._on_readable)
+
+    def _on_readable(self) -> None:
+        assert self.sock is not None and self.machine is not None
+        machine = self.machine
+        try:
+            while machine.state is State.IN_PROGRESS:
+                try:
+                    data = self.sock.recv(machine.bytes_needed)
+                except BlockingIOError:
+                    return
+                out = machine.receive(data)
+                if out:
+                    self.sock.sendall(out)
+        except OSError as exc:
+            self.handshake_done(False, f"handshake failed: {exc.strerror or exc}")
+            return
+        if machine.state is State.AUTHENTICATED:
+            self.handshake_done(True, "authenticated")
+        else:
+            self.handshake_done(False, f"handshake failed: {machine.failure_text}")
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.machine is not None:
+            self.machine.check_deadline(self.deadline)
+        self.timed_out()
+
+    def _on_death(self) -> None:
+        self._release()
+        self.finished = True
+
+    def _release(self) -> None:
+        """Put the program's flags back and drop our copy of its socket."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.sock is not None:
+            self.loop.unwatch(self.sock)
+            if self.saved_flags is not None:
+                try:
+                    fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, self.saved_flags)
+                except OSError:
+                    pass
+            self.sock.close()
+            self.sock = None
+        if self._on_death in self.task.on_death:
+            self.task.on_death.remove(self._on_death)
+
+    def elapsed_ms(self) -> str:
+        return f"{(time.monotonic() - self.started) * 1000:.2f} ms"
+
+    def handshake_done(self, ok: bool, outcome: str) -> None:
+        raise NotImplementedError
+
+    def timed_out(self) -> None:
+        raise NotImplementedError
+
+
+class ConnectRedirect(Operation):
+    """A program's connect to the tunnel, carried out by the supervisor on its socket."""
+
+    def __init__(self, owner: Redirector, task: Task, fd: int, target: SockAddr, name: str) -> None:
+        super().__init__(owner, task, fd)
+        self.target = target
+        self.name = name
+        assert owner.access_point is not None
+        self.access_point: Contact = owner.access_point
+
+    def start(self) -> None:
+        try:
+            sock = self._take()
+        except PidfdGetfdMissing as exc:
+            log.error("%s", exc.strerror)
+            self.finish(-errno.ECONNREFUSED, "refused: " + str(exc.strerror))
+            return
+        if sock.type != socket.SOCK_STREAM:
+            self._release()
+            self.owner.tracer.resume(self.task)
+            return
+        destination = self._destination(sock.family)
+        if destination is None:
+            self.finish(-errno.EAFNOSUPPORT, "refused: an IPv4 socket cannot reach an IPv6 "
+                        "access point")
+            return
+        error = sock.connect_ex(destination)
+        if error == 0:
+            self._connected()
+        elif error == errno.EINPROGRESS:
+            self.loop.watch(sock, selectors.EVENT_WRITE, self._on_writable)
+        else:
+            self.finish(-error, f"access point unreachable: {os.strerror(error)}")
+
+    def _destination(self, family: int) -> tuple | None:
+        host, port = self.access_point.host, self.access_point.port
+        if family == socket.AF_INET6:
+            if ":" not in host:
+                host = "::ffff:" + host
+            return (host, port, 0, 0)
+        if ":" in host:
+            return None
+        return (host, port)
+
+    def _on_writable(self) -> None:
+        assert self.sock is not None
+        self.loop.unwatch(self.sock)
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.finish(-error, f"access point unreachable: {os.strerror(error)}")
+            return
+        self._connected()
+
+    def _connected(self) -> None:
+        secret = self.owner.tunnel.secret
+        if secret is None:
+            self.finish(0, "connected (no LAN secret)")
+            return
+        remaining = max(self.deadline - time.monotonic(), 0.001)
+        try:
+            self._start_handshake(Connector(secret, self.owner.tunnel.tunnel_id, timeout=remaining))
+        except OSError as exc:
+            self.handshake_done(False, f"handshake failed: {exc.strerror or exc}")
+
+    def handshake_done(self, ok: bool, outcome: str) -> None:
+        if ok:
+            self.finish(0, outcome)
+        else:
+            if self.sock is not None:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.finish(-errno.ECONNREFUSED, outcome)
+
+    def timed_out(self) -> None:
+        self.finish(-errno.ETIMEDOUT, "timed out")
+
+    def finish(self, result: int, outcome: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._release()
+        if result == 0:
+            self.owner.redirected += 1
+        else:
+            self.owner.refused += 1
+        log.debug(
+            "connect fd %d of process %d to %s (%s) -> initiator access point %s: %s in %s%s",
+            self.fd, self.task.tgid, self.name, self.target, self.access_point, outcome,
+            self.elapsed_ms(),
+            "" if result == 0 else f", the program gets {errno.errorcode.get(-result, result)}",
+        )
+        self.owner.tracer.complete(self.task, result)
+
+
+class AcceptCheck(Operation):
+    """Authenticate a connection the program just accepted, before its accept returns."""
+
+    def __init__(self, owner: Redirector, task: Task, fd: int, nr: int,
+                 args: tuple[int, ...]) -> None:
+        super().__init__(owner, task, fd)
+        self.nr = nr
+        self.args = args
+        self.peer = "peer"
+
+    def start(self) -> None:
+        secret = self.owner.tunnel.secret
+        assert secret is not None
+        try:
+            sock = self._take()
+            host, port = sock.getpeername()[:2]
+            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            remaining = max(self.deadline - time.monotonic(), 0.001)
+            self._start_handshake(Acceptor(secret, self.owner.tunnel.tunnel_id, timeout=remaining))
+        except OSError as exc:
+            self.handshake_done(False, f"cannot check it: {exc.strerror or exc}")
+
+    def handshake_done(self, ok: bool, outcome: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if not ok and self.machine is not None and self.sock is not None:
+            # receive() already returned any REJECT; tell the peer we are done.
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._release()
+        log.debug(
+            "accept fd %d of process %d from %s: %s in %s%s",
+            self.fd, self.task.tgid, self.peer, outcome, self.elapsed_ms(),
+            "" if ok else "; closed, the program never sees it",
+        )
+        if ok:
+            self.owner.redirected += 1
+            self.owner.tracer.resume(self.task)
+        else:
+            self.owner.refused += 1
+            self.owner.tracer.close_and_restart(self.task, self.fd, self.nr, self.args)
+
+    def timed_out(self) -> None:
+        self.handshake_done(False, "handshake timed out")

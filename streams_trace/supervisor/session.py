@@ -1,0 +1,123 @@
+"""One streams-run session: start the program traced, run the loop, return its exit status."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+from collections.abc import Sequence
+
+from ..errors import StreamsTraceError
+from ..trace import arch as archmod
+from ..trace import ptraceapi as pt
+from ..trace import seccomp
+from . import launch
+from .loop import Loop
+from .redirect import Redirector, Settings
+from .tracer import FORWARDED_SIGNALS, OPTIONS, SI_KERNEL, SUPERVISOR_FAILED, SignalFd, Tracer
+
+log = logging.getLogger("streams_trace.run")
+
+# The syscalls the redirect needs to see; everything else runs untraced.
+RULES = (
+    seccomp.Rule("connect"),
+    seccomp.Rule("bind"),
+    seccomp.Rule("accept"),
+    seccomp.Rule("accept4"),
+)
+SECCOMP_ENV = "STREAMS_TRACE_SECCOMP"  # "off" forces the stop-at-every-syscall fallback
+
+
+class SupervisorError(StreamsTraceError):
+    """streams-run itself cannot do its job (exit status 125)."""
+
+
+def _seize(pid: int) -> None:
+    try:
+        pt.seize(pid, OPTIONS)
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOSYS):
+            raise SupervisorError(
+                "ptrace is not permitted here "
+                f"({os.strerror(exc.errno)}): check /proc/sys/kernel/yama/ptrace_scope "
+                "(3 forbids it) and, in a container, its seccomp profile and CAP_SYS_PTRACE"
+            ) from None
+        raise
+
+
+def run(
+    argv: Sequence[str],
+    settings: Settings,
+    *,
+    env: dict[str, str] | None = None,
+    use_seccomp: bool | None = None,
+    quiet: bool = False,
+) -> int:
+    """Run ``argv`` on the tunnel; the program's exit status (128+N for signal N)."""
+    if not archmod.is_supported():
+        raise SupervisorError(
+            f"streams-run supports x86_64 programs only, not {archmod.native().name}"
+        )
+    if use_seccomp is None:
+        use_seccomp = os.environ.get(SECCOMP_ENV, "on").lower() not in ("off", "0", "no")
+    loop = Loop()
+    signals = SignalFd({signal.SIGCHLD, *FORWARDED_SIGNALS})
+    tracer = Tracer(loop)
+    redirector = Redirector(tracer, loop, settings)
+    tracer.policy = redirector
+    program = seccomp.build(RULES) if use_seccomp else None
+
+    def before_exec(pid: int, installed: bool) -> None:
+        if not installed:
+            if not quiet:
+                log.warning(
+                    "no seccomp filter (%s): stopping the program at every system call, "
+                    "which makes it slower",
+                    child_reason[0] if child_reason else "unavailable",
+                )
+            tracer.enter_fallback(pid)
+
+    child_reason: list[str] = []
+    try:
+        child = launch.spawn(
+            argv, dict(os.environ if env is None else env), program, _seize, before_exec,
+            signals.previous_mask,
+        )
+    except BaseException:
+        redirector.close()
+        signals.close()
+        raise
+    log.debug("started %s as process %d (%s)", argv[0], child.pid,
+              "seccomp filter" if child.filter_installed else "every syscall stops")
+    tracer.adopt(child.pid)
+
+    def on_signals() -> None:
+        reap = False
+        for number, code, _sender in signals.read():
+            if number == signal.SIGCHLD:
+                reap = True
+            elif code != SI_KERNEL:  # a terminal signal already reached the whole job
+                try:
+                    os.kill(child.pid, number)
+                except ProcessLookupError:
+                    pass
+        if reap:
+            tracer.reap()
+
+    loop.watch(signals, selectors.EVENT_READ, on_signals)
+    try:
+        tracer.reap()
+        loop.run()
+    finally:
+        redirector.close()
+        loop.unwatch(signals)
+        signals.close()
+    log.debug("supervisor: %d connections put on the tunnel, %d refused",
+              redirector.redirected, redirector.refused)
+    if tracer.failure is not None:
+        return SUPERVISOR_FAILED
+    if tracer.main_status is None:
+        return SUPERVISOR_FAILED
+    return launch.exit_status(tracer.main_status)

@@ -1,0 +1,341 @@
+"""The process/thread table and the one ``waitpid(-1, __WALL)`` loop.
+
+Stops are read as SIGCHLD arrives on a signalfd, so the same loop also drives
+handshakes and DNS: the supervisor never blocks on one connection. What to do
+at a stopped connect/bind/accept/sendto is the policy's business (see
+``redirect``); this module only knows how to stop, hold, complete and resume
+threads, follow forks, clones and execs, re-deliver signals and keep
+group-stops (Ctrl-Z) working.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..trace import arch as archmod
+from ..trace import ptraceapi as pt
+from ..trace import seccomp
+from .loop import Loop
+
+log = logging.getLogger("streams_trace.run")
+
+OPTIONS = (
+    pt.PTRACE_O_TRACESYSGOOD
+    | pt.PTRACE_O_TRACEFORK
+    | pt.PTRACE_O_TRACEVFORK
+    | pt.PTRACE_O_TRACECLONE
+    | pt.PTRACE_O_TRACEEXEC
+    | pt.PTRACE_O_TRACESECCOMP
+    | pt.PTRACE_O_EXITKILL  # a dying supervisor must not leave the program off the tunnel
+)
+SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
+STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+TERMINAL_STOP_SIGNALS = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+FORWARDED_SIGNALS = {
+    signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+    signal.SIGUSR1, signal.SIGUSR2, signal.SIGTSTP,
+}
+SI_KERNEL = 0x80  # siginfo si_code of a signal the terminal sent to the whole job
+SUPERVISOR_FAILED = 125
+
+ExitCallback = Callable[[pt.SyscallInfo], None]
+
+
+@dataclass(eq=False)
+class Task:
+    """One traced thread."""
+
+    tid: int
+    tgid: int
+    started: bool = False  # its initial attach stop has been seen
+    on_exit_stop: ExitCallback | None = None  # the policy waits for this syscall's result
+    inject: str | None = None  # "close-entry" / "close-exit" while closing an fd in it
+    restart: tuple[int, int, tuple[int, ...]] | None = None  # (rip, nr, args) to re-run
+    on_death: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Policy(Protocol):
+    def on_syscall(self, task: Task, nr: int, args: tuple[int, ...]) -> None: ...
+    def forget_process(self, tgid: int) -> None: ...
+
+
+class SignalFd:
+    """Blocked signals read from a signalfd (SIGCHLD wakes the wait loop)."""
+
+    SFD_NONBLOCK = os.O_NONBLOCK
+    SFD_CLOEXEC = os.O_CLOEXEC
+    SIGINFO = struct.Struct("=IiiI")  # ssi_signo, ssi_errno, ssi_code, ssi_pid (of 128 bytes)
+
+    def __init__(self, signals: set[int]) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mask = (ctypes.c_ulong * 16)()  # sigset_t: 1024 bits
+        for number in signals:
+            mask[(number - 1) // 64] |= 1 << ((number - 1) % 64)
+        self.previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        fd = libc.signalfd(-1, ctypes.byref(mask), self.SFD_NONBLOCK | self.SFD_CLOEXEC)
+        if fd < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"signalfd: {os.strerror(error)}")
+        self.fd: int = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read(self) -> list[tuple[int, int, int]]:
+        """(signal, si_code, sender pid) of each pending signal."""
+        try:
+            data = os.read(self.fd, 128 * 32)
+        except BlockingIOError:
+            return []
+        return [
+            (signo, code, pid)
+            for signo, _, code, pid in (
+                self.SIGINFO.unpack_from(data, offset) for offset in range(0, len(data), 128)
+            )
+        ]
+
+    def close(self) -> None:
+        os.close(self.fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.previous_mask)
+
+
+class Tracer:
+    def __init__(self, loop: Loop, *, stop_every_syscall: bool = False) -> None:
+        self.loop = loop
+        self.arch = archmod.native()
+        self.stop_every_syscall = stop_every_syscall  # no seccomp filter: fallback mode
+        self.tasks: dict[int, Task] = {}
+        self.policy: Policy | None = None
+        self.main_pid = 0
+        self.main_status: int | None = None
+        self.failure: str | None = None  # set when the supervisor itself ends the program
+        self.stopped_self = False
+
+    # -- start -------------------------------------------------------------------------
+
+    def adopt(self, pid: int) -> None:
+        """Take the seized first child into the table."""
+        self.main_pid = pid
+        self.tasks[pid] = Task(pid, pid, started=True)
+
+    def enter_fallback(self, pid: int) -> None:
+        """No seccomp filter: stop the child once, then resume it stopping at every syscall."""
+        self.stop_every_syscall = True
+        pt.interrupt(pid)
+        while True:
+            _, status = os.waitpid(pid, pt.WALL)
+            if os.WIFSTOPPED(status) and status >> 16 == pt.PTRACE_EVENT_STOP:
+                break
+            if os.WIFSTOPPED(status):  # a signal that raced us in: deliver it later
+                pt.cont(pid, os.WSTOPSIG(status))
+                pt.interrupt(pid)
+        pt.syscall(pid)
+
+    # -- what the policy calls ---------------------------------------------------------
+
+    def resume(self, task: Task, signal_number: int = 0) -> None:
+        """Let the thread run on (it keeps stopping at syscalls when someone waits for one)."""
+        try:
+            if self.stop_every_syscall or task.on_exit_stop or task.inject:
+                pt.syscall(task.tid, signal_number)
+            else:
+                pt.cont(task.tid, signal_number)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    def complete(self, task: Task, result: int) -> None:
+        """At a syscall entry: skip the syscall, make it return ``result`` (-errno on error)."""
+        try:
+            regs = pt.get_registers(task.tid)
+            archmod.skip_syscall(regs, result)
+            pt.set_registers(task.tid, regs)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+            return
+        self.resume(task)
+
+    def run_to_exit(self, task: Task, callback: ExitCallback) -> None:
+        """Run the syscall the thread is stopped at; call ``callback`` with its result."""
+        task.on_exit_stop = callback
+        self.resume(task)
+
+    def close_and_restart(self, task: Task, fd: int, nr: int, args: tuple[int, ...]) -> None:
+        """At a syscall exit: close ``fd`` inside the program, then re-run syscall ``nr(args)``.
+
+        Used when an accepted connection fails the handshake: the program never
+        sees it, and its accept goes on waiting (or says EAGAIN).
+        """
+        try:
+            regs = pt.get_registers(task.tid)
+            task.restart = (int(regs.rip), nr, args)
+            archmod.rewind_to_syscall(regs, self.arch.number("close"), (fd,))
+            pt.set_registers(task.tid, regs)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+            return
+        task.inject = "close-entry"
+        self.resume(task)
+
+    def kill_process(self, task: Task, reason: str) -> None:
+        log.error("%s", reason)
+        if task.tgid == self.main_pid:
+            self.failure = reason
+        try:
+            os.kill(task.tgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # -- the wait loop -----------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Handle every stop and exit that is waiting."""
+        while True:
+            try:
+                tid, status = os.waitpid(-1, os.WNOHANG | pt.WALL)
+            except ChildProcessError:
+                self.loop.running = False
+                return
+            if tid == 0:
+                return
+            try:
+                self._handle(tid, status)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:  # the thread died under us: its exit comes next
+                    raise
+
+    def _task(self, tid: int) -> Task:
+        task = self.tasks.get(tid)
+        if task is None:  # a new thread whose stop overtook its creator's event
+            task = Task(tid, _tgid_of(tid))
+            self.tasks[tid] = task
+        return task
+
+    def _handle(self, tid: int, status: int) -> None:
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._on_exit(tid, status)
+            return
+        if not os.WIFSTOPPED(status):
+            return
+        task = self._task(tid)
+        sig = os.WSTOPSIG(status)
+        event = status >> 16
+        if sig == SYSCALL_STOP:
+            self._on_syscall_stop(task)
+        elif event == pt.PTRACE_EVENT_SECCOMP:
+            self._on_seccomp_stop(task)
+        elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
+            child = pt.event_message(tid)
+            if child not in self.tasks:
+                tgid = child if event != pt.PTRACE_EVENT_CLONE else _tgid_of(child)
+                self.tasks[child] = Task(child, tgid)
+            self.resume(task)
+        elif event == pt.PTRACE_EVENT_EXEC:
+            former = pt.event_message(tid)
+            for other in [t for t in self.tasks.values() if t.tgid == task.tgid and t.tid != tid]:
+                self._forget_task(other)  # exec ended the other threads
+            del former
+            task.on_exit_stop, task.inject, task.restart = None, None, None
+            self.resume(task)
+        elif event == pt.PTRACE_EVENT_STOP:
+            if not task.started:
+                task.started = True  # the stop every auto-attached thread starts with
+                self.resume(task)
+            elif sig in STOP_SIGNALS:
+                self._on_group_stop(task, sig)
+            else:
+                self.resume(task)
+        elif event:
+            self.resume(task)
+        else:  # signal-delivery-stop: give the signal to the program (Go's SIGURG too)
+            task.started = True
+            self.resume(task, sig)
+
+    def _on_group_stop(self, task: Task, sig: int) -> None:
+        pt.listen(task.tid)  # stay stopped until SIGCONT, as without a tracer
+        if task.tid == self.main_pid and sig in TERMINAL_STOP_SIGNALS:
+            # Ctrl-Z: the shell waits for us, not the program; stop too so it sees the job stop.
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    def _on_seccomp_stop(self, task: Task) -> None:
+        info = pt.syscall_info(task.tid)
+        if info.ret_data == seccomp.DATA_FOREIGN_ARCH or info.arch != self.arch.audit_arch:
+            self._refuse_foreign(task, info)
+            return
+        assert self.policy is not None
+        self.policy.on_syscall(task, info.nr, info.args)
+
+    def _on_syscall_stop(self, task: Task) -> None:
+        if task.inject == "close-entry":
+            task.inject = "close-exit"
+            self.resume(task)
+            return
+        if task.inject == "close-exit":
+            assert task.restart is not None
+            rip, nr, args = task.restart
+            regs = pt.get_registers(task.tid)
+            regs.rip = rip
+            archmod.rewind_to_syscall(regs, nr, args)
+            pt.set_registers(task.tid, regs)
+            task.inject, task.restart = None, None
+            self.resume(task)
+            return
+        info = pt.syscall_info(task.tid)
+        if info.op == pt.PTRACE_SYSCALL_INFO_EXIT and task.on_exit_stop is not None:
+            callback, task.on_exit_stop = task.on_exit_stop, None
+            callback(info)
+            return
+        if info.op == pt.PTRACE_SYSCALL_INFO_ENTRY and self.stop_every_syscall:
+            if info.arch != self.arch.audit_arch:
+                self._refuse_foreign(task, info)
+                return
+            assert self.policy is not None
+            self.policy.on_syscall(task, info.nr, info.args)
+            return
+        self.resume(task)
+
+    def _refuse_foreign(self, task: Task, info: pt.SyscallInfo) -> None:
+        self.kill_process(
+            task,
+            f"process {task.tgid} made a system call through a foreign ABI (audit arch "
+            f"{info.arch:#x}, not {self.arch.name}); 32-bit and x32 programs cannot be put on "
+            f"the tunnel by streams-run, so it was stopped",
+        )
+        self.resume(task)
+
+    def _on_exit(self, tid: int, status: int) -> None:
+        task = self.tasks.get(tid)
+        if task is not None:
+            self._forget_task(task)
+        if tid == self.main_pid:
+            self.main_status = status
+            self.loop.running = False
+
+    def _forget_task(self, task: Task) -> None:
+        self.tasks.pop(task.tid, None)
+        for callback in task.on_death:
+            callback()
+        task.on_death.clear()
+        if task.tid == task.tgid and self.policy is not None:
+            self.policy.forget_process(task.tgid)
+
+
+def _tgid_of(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return tid

@@ -1,0 +1,117 @@
+"""Architecture specifics in one place: syscall numbers, registers, AUDIT_ARCH.
+
+x86_64 is the supported and tested architecture. aarch64 is "a table away":
+its numbers are here, and a register adapter for ``user_pt_regs`` (x0-x7, pc,
+read with PTRACE_GETREGSET) is all that is missing.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+# From <linux/audit.h>: EM_* | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_AARCH64 = 0xC00000B7
+X32_SYSCALL_BIT = 0x40000000  # x32 ABI syscalls on x86_64 carry this bit
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    audit_arch: int
+    syscall_instruction_length: int  # how far back the pc goes to re-execute a syscall
+    syscalls: dict[str, int]
+
+    def number(self, name: str) -> int:
+        return self.syscalls[name]
+
+
+X86_64 = Arch(
+    name="x86_64",
+    audit_arch=AUDIT_ARCH_X86_64,
+    syscall_instruction_length=2,  # "syscall" is 0f 05
+    syscalls={
+        "close": 3,
+        "socket": 41,
+        "connect": 42,
+        "accept": 43,
+        "sendto": 44,
+        "recvfrom": 45,
+        "bind": 49,
+        "accept4": 288,
+    },
+)
+
+AARCH64 = Arch(
+    name="aarch64",
+    audit_arch=AUDIT_ARCH_AARCH64,
+    syscall_instruction_length=4,  # "svc #0"
+    syscalls={
+        "close": 57,
+        "socket": 198,
+        "bind": 200,
+        "accept": 202,
+        "connect": 203,
+        "sendto": 206,
+        "recvfrom": 207,
+        "accept4": 242,
+    },
+)
+
+ARCHES = {"x86_64": X86_64, "aarch64": AARCH64}
+SUPPORTED = ("x86_64",)  # architectures with a register adapter below
+
+
+def native() -> Arch:
+    return ARCHES.get(platform.machine(), X86_64)
+
+
+def is_supported() -> bool:
+    return platform.machine() in SUPPORTED
+
+
+# -- registers (x86_64 user_regs_struct as python-ptrace defines it) -------------------
+
+_ARG_REGISTERS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+
+
+def syscall_number(regs: Any) -> int:
+    """The syscall being made (orig_rax keeps it after rax takes the return value)."""
+    return _signed(regs.orig_rax)
+
+
+def syscall_args(regs: Any) -> tuple[int, ...]:
+    return tuple(int(getattr(regs, name)) for name in _ARG_REGISTERS)
+
+
+def set_syscall_args(regs: Any, args: tuple[int, ...]) -> None:
+    for name, value in zip(_ARG_REGISTERS, args, strict=False):
+        setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
+
+
+def return_value(regs: Any) -> int:
+    return _signed(regs.rax)
+
+
+def skip_syscall(regs: Any, result: int) -> None:
+    """At a syscall entry stop: do not run the syscall, make it return ``result``."""
+    regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # -1: no syscall
+    regs.rax = result & 0xFFFFFFFFFFFFFFFF
+
+
+def set_return_value(regs: Any, result: int) -> None:
+    regs.rax = result & 0xFFFFFFFFFFFFFFFF
+
+
+def rewind_to_syscall(regs: Any, number: int, args: tuple[int, ...]) -> None:
+    """At a syscall exit stop: make the thread execute syscall ``number(args)`` next."""
+    regs.rip = regs.rip - X86_64.syscall_instruction_length
+    regs.rax = number
+    set_syscall_args(regs, args)
+
+
+def _signed(value: int) -> int:
+    value = int(value)
+    return value - (1 << 64) if value >= 1 << 63 else value

@@ -1,0 +1,217 @@
+"""A thin ptrace(2) adapter: python-ptrace's call and register sets plus what it lacks.
+
+python-ptrace does the raw call and the register structures well; its
+debugger layer knows nothing of seccomp stops, so the constants for those
+(PTRACE_O_TRACESECCOMP, PTRACE_O_EXITKILL, PTRACE_SEIZE, PTRACE_LISTEN,
+PTRACE_GET_SYSCALL_INFO) live here, named as in ptrace(2). Memory goes through
+process_vm_readv/writev; foreign file descriptors through pidfd_getfd(2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ptrace.binding import func as _pt
+
+# requests
+PTRACE_CONT = 7
+PTRACE_KILL = 8
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+PTRACE_GET_SYSCALL_INFO = 0x420E
+# options
+PTRACE_O_TRACESYSGOOD = 0x01
+PTRACE_O_TRACEFORK = 0x02
+PTRACE_O_TRACEVFORK = 0x04
+PTRACE_O_TRACECLONE = 0x08
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACEVFORKDONE = 0x20
+PTRACE_O_TRACEEXIT = 0x40
+PTRACE_O_TRACESECCOMP = 0x80
+PTRACE_O_EXITKILL = 0x100000
+# events (status >> 16 of a stop)
+PTRACE_EVENT_FORK = 1
+PTRACE_EVENT_VFORK = 2
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_VFORK_DONE = 5
+PTRACE_EVENT_EXIT = 6
+PTRACE_EVENT_SECCOMP = 7
+PTRACE_EVENT_STOP = 128
+# struct ptrace_syscall_info.op
+PTRACE_SYSCALL_INFO_NONE = 0
+PTRACE_SYSCALL_INFO_ENTRY = 1
+PTRACE_SYSCALL_INFO_EXIT = 2
+PTRACE_SYSCALL_INFO_SECCOMP = 3
+# wait(2)
+WALL = 0x40000000  # __WALL: threads and non-SIGCHLD children too
+# syscall numbers that are the same on x86_64 and aarch64 (the generic table)
+SYS_PIDFD_GETFD = 438
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+_libc.ptrace.restype = ctypes.c_long
+_libc.syscall.restype = ctypes.c_long
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+_libc.process_vm_readv.argtypes = (
+    ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong,
+    ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_ulong,
+)
+_libc.process_vm_readv.restype = ctypes.c_ssize_t
+_libc.process_vm_writev.argtypes = _libc.process_vm_readv.argtypes
+_libc.process_vm_writev.restype = ctypes.c_ssize_t
+
+
+class _SyscallInfoData(ctypes.Union):
+    class _Entry(ctypes.Structure):
+        _fields_ = (("nr", ctypes.c_uint64), ("args", ctypes.c_uint64 * 6))
+
+    class _Exit(ctypes.Structure):
+        _fields_ = (("rval", ctypes.c_int64), ("is_error", ctypes.c_uint8))
+
+    class _Seccomp(ctypes.Structure):
+        _fields_ = (
+            ("nr", ctypes.c_uint64),
+            ("args", ctypes.c_uint64 * 6),
+            ("ret_data", ctypes.c_uint32),
+        )
+
+    _fields_ = (("entry", _Entry), ("exit", _Exit), ("seccomp", _Seccomp))
+
+
+class _SyscallInfo(ctypes.Structure):
+    _fields_ = (
+        ("op", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("stack_pointer", ctypes.c_uint64),
+        ("data", _SyscallInfoData),
+    )
+
+
+@dataclass
+class SyscallInfo:
+    """What PTRACE_GET_SYSCALL_INFO says about a syscall stop."""
+
+    op: int
+    arch: int
+    nr: int = -1
+    args: tuple[int, ...] = ()
+    ret_data: int = 0
+    rval: int = 0
+    is_error: bool = False
+
+
+def _call(request: int, pid: int, addr: int | None = 0, data: int | None = 0) -> int:
+    result: int = _libc.ptrace(request, pid, addr, data)
+    if result == -1:
+        error = ctypes.get_errno()
+        if error:
+            raise OSError(error, f"ptrace({request:#x}, {pid}): {os.strerror(error)}")
+    return result
+
+
+def seize(pid: int, options: int) -> None:
+    _call(PTRACE_SEIZE, pid, 0, options)
+
+
+def cont(tid: int, signal: int = 0) -> None:
+    _call(PTRACE_CONT, tid, 0, signal)
+
+
+def syscall(tid: int, signal: int = 0) -> None:
+    """Resume until the next syscall entry or exit (and seccomp) stop."""
+    _call(PTRACE_SYSCALL, tid, 0, signal)
+
+
+def listen(tid: int) -> None:
+    """Leave a seized tracee in its group-stop until SIGCONT."""
+    _call(PTRACE_LISTEN, tid, 0, 0)
+
+
+def interrupt(tid: int) -> None:
+    _call(PTRACE_INTERRUPT, tid, 0, 0)
+
+
+def event_message(tid: int) -> int:
+    value = ctypes.c_ulong()
+    _call(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(value))
+    return value.value
+
+
+def has_siginfo(tid: int) -> bool:
+    """False for a group-stop (PTRACE_GETSIGINFO fails with EINVAL there)."""
+    buffer = ctypes.create_string_buffer(128)
+    try:
+        _call(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(buffer))
+    except OSError:
+        return False
+    return True
+
+
+def syscall_info(tid: int) -> SyscallInfo:
+    raw = _SyscallInfo()
+    _call(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(raw), ctypes.addressof(raw))
+    info = SyscallInfo(op=raw.op, arch=raw.arch)
+    if raw.op == PTRACE_SYSCALL_INFO_ENTRY:
+        info.nr, info.args = raw.data.entry.nr, tuple(raw.data.entry.args)
+    elif raw.op == PTRACE_SYSCALL_INFO_SECCOMP:
+        info.nr, info.args = raw.data.seccomp.nr, tuple(raw.data.seccomp.args)
+        info.ret_data = raw.data.seccomp.ret_data
+    elif raw.op == PTRACE_SYSCALL_INFO_EXIT:
+        info.rval, info.is_error = raw.data.exit.rval, bool(raw.data.exit.is_error)
+    return info
+
+
+def get_registers(tid: int) -> Any:
+    return _pt.ptrace_getregs(tid)
+
+
+def set_registers(tid: int, regs: Any) -> None:
+    _pt.ptrace_setregs(tid, regs)
+
+
+def read_memory(tid: int, address: int, size: int) -> bytes:
+    """Read ``size`` bytes of the tracee's memory (fewer if the range ends unmapped)."""
+    buffer = ctypes.create_string_buffer(size)
+    local = _Iovec(ctypes.addressof(buffer), size)
+    remote = _Iovec(address, size)
+    done = _libc.process_vm_readv(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if done < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"process_vm_readv({tid}): {os.strerror(error)}")
+    return buffer.raw[:done]
+
+
+def write_memory(tid: int, address: int, data: bytes) -> None:
+    buffer = ctypes.create_string_buffer(data, len(data))
+    local = _Iovec(ctypes.addressof(buffer), len(data))
+    remote = _Iovec(address, len(data))
+    done = _libc.process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if done != len(data):
+        error = ctypes.get_errno()
+        raise OSError(error, f"process_vm_writev({tid}): {os.strerror(error)}")
+
+
+def pidfd_getfd(pidfd: int, target_fd: int) -> int:
+    """A copy of the tracee's file descriptor ``target_fd`` in this process (close-on-exec)."""
+    result: int = _libc.syscall(SYS_PIDFD_GETFD, pidfd, target_fd, 0)
+    if result < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"pidfd_getfd: {os.strerror(error)}")
+    return result

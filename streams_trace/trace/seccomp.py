@@ -1,0 +1,142 @@
+"""A seccomp-BPF filter that sends only the redirect's syscalls to the tracer.
+
+Everything else runs untraced (about 25 ns extra per syscall, no stop). The
+filter checks the architecture first: a syscall made through a foreign ABI
+(``int 0x80`` from 32-bit code, x32) is sent to the tracer tagged
+``DATA_FOREIGN_ARCH`` so the supervisor refuses it loudly instead of leaving it
+off the tunnel. Constants are named as in seccomp(2), prctl(2) and
+<linux/filter.h>.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import arch as archmod
+
+# prctl(2)
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+# seccomp(2)
+SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 0
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_KILL_THREAD = 0x00000000
+SECCOMP_RET_TRAP = 0x00030000
+SECCOMP_RET_ERRNO = 0x00050000
+SECCOMP_RET_TRACE = 0x7FF00000
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_DATA = 0x0000FFFF
+# <linux/filter.h>, <linux/bpf_common.h>
+BPF_LD, BPF_JMP, BPF_RET = 0x00, 0x05, 0x06
+BPF_W, BPF_ABS, BPF_K = 0x00, 0x20, 0x00
+BPF_JEQ, BPF_JGE = 0x10, 0x30
+# struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6];
+SECCOMP_DATA_NR = 0
+SECCOMP_DATA_ARCH = 4
+SECCOMP_DATA_ARGS = 16
+
+# What SECCOMP_RET_DATA carries to the tracer (read with PTRACE_GETEVENTMSG).
+DATA_REDIRECT = 1
+DATA_FOREIGN_ARCH = 2
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter)))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Trace syscall ``name``; with ``nonzero_arg`` set, only when that argument is not 0."""
+
+    name: str
+    nonzero_arg: int | None = None
+
+
+def _arg_low(index: int) -> int:
+    return SECCOMP_DATA_ARGS + 8 * index  # little endian: the low word comes first
+
+
+Program = list[tuple[int, int, int, int]]
+
+
+def build(rules: Iterable[Rule], arch: archmod.Arch | None = None) -> Program:
+    """The filter program as (code, jt, jf, k) tuples, jumps resolved."""
+    arch = arch or archmod.native()
+    rules = list(rules)
+    # Symbolic program: jumps name labels; resolved below into relative offsets.
+    program: list[tuple[int, str | int, str | int, int]] = []
+    labels: dict[str, int] = {}
+
+    def emit(code: int, k: int, jt: str | int = 0, jf: str | int = 0) -> None:
+        program.append((code, jt, jf, k))
+
+    emit(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_ARCH)
+    emit(BPF_JMP | BPF_JEQ | BPF_K, arch.audit_arch, 0, "foreign")
+    emit(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_NR)
+    if arch.audit_arch == archmod.AUDIT_ARCH_X86_64:
+        emit(BPF_JMP | BPF_JGE | BPF_K, archmod.X32_SYSCALL_BIT, "foreign", 0)
+    for i, rule in enumerate(rules):
+        target = "trace" if rule.nonzero_arg is None else f"check{i}"
+        emit(BPF_JMP | BPF_JEQ | BPF_K, arch.number(rule.name), target, 0)
+    emit(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)  # no rule matched
+    # BPF jumps go forward only: the argument checks come before the shared returns.
+    for i, rule in enumerate(rules):
+        if rule.nonzero_arg is None:
+            continue
+        labels[f"check{i}"] = len(program)
+        emit(BPF_LD | BPF_W | BPF_ABS, _arg_low(rule.nonzero_arg))
+        emit(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, "trace")
+        emit(BPF_LD | BPF_W | BPF_ABS, _arg_low(rule.nonzero_arg) + 4)
+        emit(BPF_JMP | BPF_JEQ | BPF_K, 0, "allow", "trace")
+    labels["allow"] = len(program)
+    emit(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
+    labels["trace"] = len(program)
+    emit(BPF_RET | BPF_K, SECCOMP_RET_TRACE | DATA_REDIRECT)
+    labels["foreign"] = len(program)
+    emit(BPF_RET | BPF_K, SECCOMP_RET_TRACE | DATA_FOREIGN_ARCH)
+
+    resolved = []
+    for index, (code, jt, jf, k) in enumerate(program):
+        offsets = []
+        for jump in (jt, jf):
+            if isinstance(jump, str):
+                offset = labels[jump] - index - 1
+                if not 0 <= offset <= 255:
+                    raise ValueError("seccomp filter too long for a BPF jump")
+                offsets.append(offset)
+            else:
+                offsets.append(jump)
+        resolved.append((code, offsets[0], offsets[1], k))
+    return resolved
+
+
+def pack(program: list[tuple[int, int, int, int]]) -> bytes:
+    """The program as the kernel's struct sock_filter array (for tests and dumps)."""
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def install(program: list[tuple[int, int, int, int]]) -> None:
+    """Set no_new_privs and load the filter into the calling thread; raise OSError."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(error)}")
+    filters = (SockFilter * len(program))(*(SockFilter(c, t, f, k) for c, t, f, k in program))
+    fprog = SockFprog(len(program), ctypes.cast(filters, ctypes.POINTER(SockFilter)))
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_SECCOMP): {os.strerror(error)}")
