@@ -165,6 +165,7 @@ def tunnel_document(g: Globus, state: str, *, initiator: tuple[str, int] | None 
     """The SDK's registered tunnel document, in the state a test needs."""
     template = get_response_set(globus_sdk.TransferClient.get_tunnel).lookup("default")
     document: dict[str, Any] = copy.deepcopy(template.json)  # type: ignore[arg-type]
+    document["data"]["id"] = g.tunnel_id
     document["data"]["relationships"]["initiator"]["data"]["id"] = g.initiator_ap
     attributes = document["data"]["attributes"]
     attributes["state"] = state
@@ -210,12 +211,13 @@ def serve_endpoints(*, with_gcs_url: bool = True) -> None:
 
 
 def serve_lan_secret(g: Globus, side: str, *, status: int = 200,
-                     body: dict[str, Any] | None = None) -> None:
+                     body: dict[str, Any] | None = None, secret: str | None = None) -> None:
     """The GCS Manager's answer to POST /api/lan_secrets, for the request of that side."""
-    url, secret, ap = {
+    url, default_secret, ap = {
         "initiator": (INITIATOR_GCS, INITIATOR_SECRET, g.initiator_ap),
         "listener": (LISTENER_GCS, LISTENER_SECRET, g.listener_ap),
     }[side]
+    secret = secret or default_secret
     if body is None:
         body = {"DATA_TYPE": "result#1.0.0", "code": "success", "http_response_code": 200,
                 "data": [{"DATA_TYPE": "lan_secret#1.0.0", "id": f"{side}-secret-id",

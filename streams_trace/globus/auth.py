@@ -91,6 +91,7 @@ class TerminalLoginFlow(CommandLineLoginFlowManager):
             click.echo("Authorization code: ", nl=False, err=True)
             line = sys.stdin.readline()
             if not line:
+                click.echo(err=True)  # end the prompt's line: the error gets its own
                 raise EOFError
             return line.strip()
 
@@ -103,12 +104,7 @@ def make_app(creds: Credentials, *, endpoints: Iterable[str] = ()) -> globus_sdk
     }
     for endpoint_id in endpoints:
         scopes[endpoint_id] = [gcs_scope(endpoint_id)]
-    config = globus_sdk.GlobusAppConfig(
-        login_flow_manager=TerminalLoginFlow,
-        request_refresh_tokens=True,
-        # Never start a login behind the user's back: commands decide (ensure_logged_in).
-        token_validation_error_handler=None,
-    )
+    # Never start a login behind the user's back: commands decide (ensure_logged_in).
     with globus_errors(Subject("set up the Globus login")):
         if creds.client_secret is not None:
             return globus_sdk.ClientApp(
@@ -116,8 +112,13 @@ def make_app(creds: Credentials, *, endpoints: Iterable[str] = ()) -> globus_sdk
                 client_id=creds.client_id,
                 client_secret=creds.client_secret,
                 scope_requirements=scopes,
-                config=config,
+                config=globus_sdk.GlobusAppConfig(token_validation_error_handler=None),
             )
+        config = globus_sdk.GlobusAppConfig(
+            login_flow_manager=TerminalLoginFlow,
+            request_refresh_tokens=True,
+            token_validation_error_handler=None,
+        )
         return globus_sdk.UserApp(
             APP_NAME, client_id=creds.client_id, scope_requirements=scopes, config=config
         )
