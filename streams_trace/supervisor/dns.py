@@ -124,6 +124,10 @@ class Responder:
             return ("::ffff:" + host, port, 0, 0)
         return (host, port)
 
+    def is_ours(self, query: bytes) -> bool:
+        question = parse_question(query)
+        return question is not None and question.name in self.names
+
     def register(self, client: tuple, nameserver: SockAddr) -> None:
         """Queries from ``client`` (a program's socket) that are not ours go to ``nameserver``."""
         self.nameserver_of[_client_key(client)] = nameserver

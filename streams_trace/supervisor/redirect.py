@@ -26,6 +26,7 @@ import logging
 import os
 import selectors
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -74,9 +75,14 @@ class Redirector:
             numbers["bind"]: self.on_bind,
             numbers["accept"]: self.on_accept,
             numbers["accept4"]: self.on_accept,
+            numbers["sendto"]: self.on_sendto,
+            numbers["recvfrom"]: self.on_recvfrom,
         }
         self.pidfds: dict[int, int] = {}
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
+        # inode of a DNS socket we answered through sendto -> (responder as the program
+        # sees it, the nameserver it wrote to): replies must seem to come from the latter.
+        self.dns_sources: dict[int, tuple[tuple[str, int], SockAddr]] = {}
         self.access_point = self.tunnel.connector_contact_string
         # Names the responder answers, and the (host, port) pairs a connect is redirected for.
         hosts = iter(FAKE_NETWORK.hosts())
@@ -196,6 +202,52 @@ class Redirector:
                   task.tgid, nameserver)
         self.tracer.complete(task, 0)
 
+    def on_sendto(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        """musl resolves with sendto() to each nameserver, without connect()."""
+        fd, buffer, length, address, address_length = args[0], args[1], args[2], args[4], args[5]
+        nameserver = self._read_sockaddr(task, address, address_length)
+        if (self.dns is None or nameserver is None or not nameserver.is_ip
+                or nameserver.port != DNS_PORT or not 0 < length <= 65535):
+            self.tracer.resume(task)
+            return
+        query = pt.read_memory(task.tid, buffer, length)
+        if not self.dns.is_ours(query):
+            self.tracer.resume(task)  # other names go to the real nameserver, untouched
+            return
+        sock = self.take_socket(task, fd)
+        try:
+            responder = self.dns.address_for(sock.family, nameserver.mapped)
+            if sock.type != socket.SOCK_DGRAM or responder is None:
+                self.tracer.resume(task)
+                return
+            sock.sendto(query, responder)
+            seen_as = _address_key(responder)
+            self.dns_sources[self._socket_inode(task, fd)] = (seen_as, nameserver)
+        finally:
+            sock.close()
+        log.debug("dns: query of process %d to %s answered by the tunnel's responder",
+                  task.tgid, nameserver)
+        self.tracer.complete(task, length)
+
+    def on_recvfrom(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        if not self.dns_sources or self._socket_inode(task, args[0]) not in self.dns_sources:
+            self.tracer.resume(task)
+            return
+        inode = self._socket_inode(task, args[0])
+        self.tracer.run_to_exit(task, lambda info: self._received(task, inode, args, info))
+
+    def _received(self, task: Task, inode: int, args: tuple[int, ...],
+                  info: pt.SyscallInfo) -> None:
+        """Make the responder's reply seem to come from the nameserver musl asked."""
+        address, length_pointer = args[4], args[5]
+        if not info.is_error and info.rval >= 0 and address and length_pointer:
+            seen_as, nameserver = self.dns_sources[inode]
+            (length,) = struct.unpack("=I", pt.read_memory(task.tid, length_pointer, 4))
+            source = self._read_sockaddr(task, address, min(length, sa_codec.MAX_SOCKADDR))
+            if source is not None and source.key == seen_as:
+                pt.write_memory(task.tid, address, sa_codec.encode(nameserver)[:length])
+        self.tracer.resume(task)
+
     # -- listener side -----------------------------------------------------------------
 
     def on_bind(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
@@ -223,6 +275,13 @@ class Redirector:
             self.tracer.resume(task)
             return
         AcceptCheck(self, task, int(info.rval), nr, args).start()
+
+
+def _address_key(address: tuple) -> tuple[str, int]:  # type: ignore[type-arg]
+    host = str(address[0])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:") :]
+    return host, int(address[1])
 
 
 class Operation:

@@ -1,0 +1,39 @@
+// A static Go test server (CGO_ENABLED=0): accept COUNT connections on 127.0.0.1:PORT,
+// answer each line with "echo:" + line.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+)
+
+func main() {
+	listener, err := net.Listen("tcp", "127.0.0.1:"+os.Args[1])
+	if err != nil {
+		fmt.Println("listen:", err)
+		os.Exit(1)
+	}
+	fmt.Println("listening")
+	count, _ := strconv.Atoi(os.Args[2])
+	var group sync.WaitGroup
+	for i := 0; i < count; i++ {
+		conn, err := listener.Accept()
+		if err != nil {
+			fmt.Println("accept:", err)
+			os.Exit(1)
+		}
+		group.Add(1)
+		go func(conn net.Conn) {
+			defer group.Done()
+			defer conn.Close()
+			line, _ := bufio.NewReader(conn).ReadString('\n')
+			conn.Write([]byte("echo:" + line))
+		}(conn)
+	}
+	group.Wait()
+	fmt.Printf("served %d\n", count)
+}
