@@ -185,19 +185,23 @@ def test_confs_written_by_initialize_work_unchanged_on_the_gateway(
 
 
 @pytest.mark.parametrize("args", [
-    ["--help"], ["gateway", "--help"], ["environment", "--help"],
-    ["environment", "initialize", "--help"], ["environment", "show", TUNNEL_ID],
-    ["environment", "contact-lookup", TUNNEL_ID], ["environment", "cleanup"],
-    ["login", "--help"],
+    ["streams-trace", "--help"], ["streams-trace", "gateway", "--help"],
+    ["streams-trace", "environment", "--help"],
+    ["streams-trace", "environment", "initialize", "--help"],
+    ["streams-trace", "environment", "show", TUNNEL_ID],
+    ["streams-trace", "environment", "contact-lookup", TUNNEL_ID],
+    ["streams-trace", "environment", "cleanup"], ["streams-trace", "login", "--help"],
+    ["streams-run", "--help"],
 ], ids=" ".join)
 def test_commands_that_do_not_talk_to_globus_never_import_it(
     args: list[str], tmp_path: Path
 ) -> None:
-    initiator_conf(tmp_path, looked_up_ago=0, ttl=600)
+    initiator_conf(tmp_path, looked_up_ago=0, ttl=600)  # fresh: contact-lookup asks nobody
+    module = "streams_trace.cli.run" if args[0] == "streams-run" else "streams_trace.cli"
     code = (
         "import sys\n"
-        "from streams_trace.cli import main\n"
-        f"sys.argv = ['streams-trace', *{args!r}]\n"
+        f"from {module} import main\n"
+        f"sys.argv = {args!r}\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
         "print('IMPORTED' if 'globus_sdk' in sys.modules else 'CLEAN', file=sys.stderr)\n"
     )
