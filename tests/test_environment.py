@@ -652,3 +652,24 @@ def test_conf_folder_option_and_permissions(globus: Globus, tmp_path: Path) -> N
     assert confmod.load(globus.tunnel_id, elsewhere).lankey == INITIATOR_SECRET
     assert not globus.conf_path().exists()
     assert os.stat(elsewhere).st_mode & 0o077 == 0
+
+
+def test_every_option_is_in_the_man_page() -> None:
+    import click
+
+    from streams_trace.cli import cli
+
+    text = (Path(__file__).resolve().parent.parent / "man" / "streams-trace-environment.1"
+            ).read_text().replace("\\-", "-")
+    ctx = click.Context(cli)
+    environment = cli.get_command(ctx, "environment")
+    assert isinstance(environment, click.Group)
+    commands = [environment.commands[name] for name in environment.commands]
+    commands += [cli.get_command(ctx, name) for name in ("login", "logout", "whoami")]
+    for command in commands:
+        assert command is not None
+        assert command.name and command.name in text
+        for param in command.params:
+            for option in param.opts:
+                if option.startswith("--") and not getattr(param, "hidden", False):
+                    assert option in text, f"{command.name} {option} is not in the man page"
