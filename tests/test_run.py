@@ -1,0 +1,582 @@
+"""streams-run against the real local gateway, with real programs on both sides.
+
+Static programs (busybox from Debian's busybox-static, a musl-static C client, Go built
+with CGO_ENABLED=0) and dynamic ones (Python, a glibc C client, curl) resolve
+globus.<TUNNEL_ID> and connect through the tunnel; listening programs only ever see
+authenticated connections. The supervisor needs ptrace: the tests skip, saying so,
+where it is not permitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams_trace import conf as confmod
+from streams_trace.contact import parse_contact
+from streams_trace.handshake import Connector
+from streams_trace.lan import HandshakeError, handshake_blocking
+
+from .conftest import Gateway, free_port, start_gateway
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAMS = REPO / "tests" / "programs"
+STREAMS_RUN = [sys.executable, "-c", "from streams_trace.cli.run import main; main()"]
+
+
+def ptrace_problem() -> str | None:
+    """Why this process cannot trace a child here, or None when it can."""
+    from streams_trace.trace import ptraceapi
+
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        ptraceapi.seize(pid, 0)
+    except OSError as exc:
+        return f"ptrace is not permitted here ({exc.strerror}); streams-run needs it"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return None
+
+
+def build_c(output: Path, *, static_musl: bool) -> Path:
+    compiler = "musl-gcc" if static_musl else "gcc"
+    if shutil.which(compiler) is None:
+        package = "musl-tools" if static_musl else "gcc"
+        pytest.skip(f"{compiler} is not installed (Debian: {package})")
+    flags = ["-static"] if static_musl else ["-pthread"]
+    subprocess.run([compiler, *flags, "-O2", "-o", str(output), str(PROGRAMS / "client.c")],
+                   check=True, capture_output=True)
+    return output
+
+
+def build_go(source: str, output: Path) -> Path:
+    if shutil.which("go") is None:
+        pytest.skip("go is not installed (Debian: golang-go)")
+    workdir = output.parent / (output.name + ".src")
+    workdir.mkdir(exist_ok=True)
+    shutil.copy(PROGRAMS / source, workdir / "main.go")
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GO111MODULE": "off",
+           "GOCACHE": str(output.parent / "gocache"), "HOME": str(output.parent)}
+    subprocess.run(["go", "build", "-o", str(output), "main.go"], cwd=workdir, env=env,
+                   check=True, capture_output=True, timeout=600)
+    return output
+
+
+def streams_run(config_dir: Path, tunnel_id: str, *command: str, options: tuple[str, ...] = (),
+                env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*STREAMS_RUN, "--config-dir", str(config_dir), *options, tunnel_id, *command],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})}, **popen,  # type: ignore[arg-type]
+    )
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(f"timed out; stdout={out!r} stderr={err!r}") from None
+    return process.returncode, out, err
+
+
+class EchoListener:
+    """The listener side as the client API: accept, authenticate, answer "echo:" + line."""
+
+    def __init__(self, tunnel_id: str, config_dir: Path) -> None:
+        import streams_trace
+
+        self.listener = streams_trace.listen(tunnel_id, config_dir=config_dir)
+        self.served = 0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            conn.sendall(b"echo:" + data)
+        with self.lock:
+            self.served += 1
+
+    def close(self) -> None:
+        self.listener.socket.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+def conf_with(source_dir: Path, tunnel_id: str, target: Path, **changes: object) -> Path:
+    """A copy of a tunnel conf with some fields changed (contacts given as text)."""
+    tunnel = confmod.load(tunnel_id, source_dir)
+    for key in ("connector_contact_string", "listener_contact_string"):
+        if isinstance(changes.get(key), str):
+            changes[key] = parse_contact(str(changes[key]))
+    confmod.save(dataclasses.replace(tunnel, **changes), target)  # type: ignore[arg-type]
+    return target
+
+
+_PTRACE_PROBLEM = ptrace_problem()
+pytestmark = pytest.mark.skipif(_PTRACE_PROBLEM is not None, reason=_PTRACE_PROBLEM or "")
+
+
+# -- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One local gateway for the module; each test uses its listener port in turn."""
+    running = start_gateway(tmp_path_factory.mktemp("gateway"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("programs")
+
+
+@pytest.fixture(scope="module")
+def c_client(built: Path) -> Path:
+    return build_c(built / "client-dynamic", static_musl=False)
+
+
+@pytest.fixture(scope="module")
+def musl_client(built: Path) -> Path:
+    return build_c(built / "client-musl", static_musl=True)
+
+
+@pytest.fixture(scope="module")
+def go_client(built: Path) -> Path:
+    return build_go("client.go", built / "client-go")
+
+
+@pytest.fixture(scope="module")
+def go_server(built: Path) -> Path:
+    return build_go("server.go", built / "server-go")
+
+
+@pytest.fixture
+def echo(tunnel: Gateway) -> Iterator[EchoListener]:
+    listener = EchoListener(tunnel.tunnel_id, tunnel.listener_dir)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def fake_contact(tunnel: Gateway) -> tuple[str, str]:
+    initiator = confmod.load(tunnel.tunnel_id, tunnel.initiator_dir)
+    return f"globus.{tunnel.tunnel_id}", str(initiator.fake_port)
+
+
+def busybox() -> str:
+    path = "/bin/busybox"
+    if not os.path.exists(path):
+        pytest.skip("static busybox is not installed (Debian: busybox-static)")
+    kind = subprocess.run(["file", "-L", path], capture_output=True, text=True).stdout
+    if kind and "statically linked" not in kind and "static-pie" not in kind:
+        pytest.skip("/bin/busybox is not static (Debian: busybox-static)")
+    return path
+
+
+def initiator_run(tunnel: Gateway, *command: str, **kwargs: object) -> tuple[int, str, str]:
+    timeout = float(kwargs.pop("timeout", 60))  # type: ignore[arg-type]
+    return finish(streams_run(tunnel.initiator_dir, tunnel.tunnel_id, *command,
+                              **kwargs), timeout)  # type: ignore[arg-type]
+
+
+def listener_program(tunnel: Gateway, *command: str, ready: str = "listening",
+                     **kwargs: object) -> subprocess.Popen[str]:
+    """Start a listening program under streams-run and wait until it says ``ready``."""
+    process = streams_run(tunnel.listener_dir, tunnel.tunnel_id, *command, **kwargs)  # type: ignore[arg-type]
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if ready not in line:
+        process.kill()
+        raise AssertionError(f"listener did not start: {line!r} {process.communicate()}")
+    return process
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+# -- initiator side: each kind of program --------------------------------------------------
+
+
+def test_dynamic_python_client(tunnel: Gateway, echo: EchoListener) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, sys.executable, str(PROGRAMS / "echo_client.py"),
+                                   name, port, options=("-d",))
+    assert (code, out) == (0, "echo:hello python\n"), err
+    assert "authenticated" in err and "-> initiator access point" in err
+    assert confmod.load(tunnel.tunnel_id, tunnel.initiator_dir).lankey not in err
+
+
+def test_busybox_nc_static(tunnel: Gateway, echo: EchoListener) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = _run_with_input(tunnel, "hello busybox\n", busybox(), "nc", name, port)
+    assert (code, out) == (0, "echo:hello busybox\n"), err
+
+
+def _run_with_input(tunnel: Gateway, data: str, *command: str) -> tuple[int, str, str]:
+    process = subprocess.Popen(
+        [*STREAMS_RUN, "--config-dir", str(tunnel.initiator_dir), tunnel.tunnel_id, *command],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(data, timeout=60)
+    return process.returncode, out, err
+
+
+@pytest.mark.parametrize("flags", [(), ("-n",), ("-6",), ("-n", "-6")],
+                         ids=["blocking", "nonblocking", "ipv6-socket", "nonblocking-ipv6"])
+def test_musl_static_client(tunnel: Gateway, echo: EchoListener, musl_client: Path,
+                            flags: tuple[str, ...]) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, str(musl_client), *flags, name, port)
+    assert (code, out) == (0, "echo:hello 0\nok 1\n"), err
+
+
+@pytest.mark.parametrize("flags", [(), ("-n",), ("-6",)],
+                         ids=["blocking", "nonblocking", "ipv6-socket"])
+def test_glibc_dynamic_client(tunnel: Gateway, echo: EchoListener, c_client: Path,
+                              flags: tuple[str, ...]) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, str(c_client), *flags, name, port)
+    assert (code, out) == (0, "echo:hello 0\nok 1\n"), err
+
+
+def test_go_static_client(tunnel: Gateway, echo: EchoListener, go_client: Path) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, str(go_client), name, port)
+    assert (code, out) == (0, "echo:hello go\n"), err
+
+
+def test_ipv6_socket_to_an_ipv6_contact(tunnel: Gateway, echo: EchoListener) -> None:
+    """A --globus-contact [::1]:PORT: an AF_INET6 socket, an IPv6 destination."""
+    port = free_port()
+    code, out, err = initiator_run(
+        tunnel, sys.executable, str(PROGRAMS / "echo_client.py"), "::1", str(port),
+        options=("--globus-contact", f"[::1]:{port}"))
+    assert (code, out) == (0, "echo:hello python\n"), err
+
+
+def test_globus_contact_name_resolves_only_inside_the_program(tunnel: Gateway,
+                                                              echo: EchoListener) -> None:
+    """A real-looking name that neither DNS nor /etc/hosts knows: it resolves under
+    streams-run (so TLS could keep the name) and goes to the tunnel."""
+    name = "data.streams-trace-test.invalid"
+    with pytest.raises(OSError):
+        socket.getaddrinfo(name, 443)
+    code, out, err = initiator_run(
+        tunnel, sys.executable, str(PROGRAMS / "echo_client.py"), name, "443",
+        options=("--globus-contact", f"{name}:443", "-d"))
+    assert (code, out) == (0, "echo:hello python\n"), err
+    assert f"to {name}:443" in err
+
+
+def test_curl_against_a_python_http_server_under_streams_run(tunnel: Gateway,
+                                                            tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (Debian: curl)")
+    (tmp_path / "hello.txt").write_text("hello over the tunnel\n")
+    server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, sys.executable, "-m",
+                         "http.server", "--bind", "127.0.0.1", str(tunnel.listener_port),
+                         cwd=tmp_path)
+    try:
+        wait_for_port(tunnel.listener_port)
+        name, port = fake_contact(tunnel)
+        code, out, err = initiator_run(tunnel, "curl", "-sS", "--max-time", "20",
+                                       f"http://{name}:{port}/hello.txt")
+        assert (code, out) == (0, "hello over the tunnel\n"), err
+    finally:
+        server.terminate()
+        finish(server)
+
+
+def test_busybox_wget_and_httpd_both_static_both_sides(tunnel: Gateway, tmp_path: Path) -> None:
+    box = busybox()
+    (tmp_path / "index.html").write_text("static on both sides\n")
+    server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, box, "httpd", "-f", "-p",
+                         f"127.0.0.1:{tunnel.listener_port}", "-h", str(tmp_path))
+    try:
+        wait_for_port(tunnel.listener_port)
+        name, port = fake_contact(tunnel)
+        code, out, err = initiator_run(tunnel, box, "wget", "-q", "-O", "-",
+                                       f"http://{name}:{port}/index.html")
+        assert (code, out) == (0, "static on both sides\n"), err
+    finally:
+        server.terminate()
+        finish(server)
+
+
+# -- both sides, listener side ---------------------------------------------------------------
+
+
+def test_go_server_and_go_client_both_under_streams_run(tunnel: Gateway, go_server: Path,
+                                                       go_client: Path) -> None:
+    server = listener_program(tunnel, str(go_server), str(tunnel.listener_port), "2")
+    name, port = fake_contact(tunnel)
+    for _ in range(2):
+        code, out, err = initiator_run(tunnel, str(go_client), name, port)
+        assert (code, out) == (0, "echo:hello go\n"), err
+    code, out, err = finish(server)
+    assert (code, out) == (0, "served 2\n"), err
+
+
+def test_python_server_and_musl_client_both_under_streams_run(tunnel: Gateway,
+                                                              musl_client: Path) -> None:
+    server = listener_program(tunnel, sys.executable, str(PROGRAMS / "echo_server.py"),
+                              str(tunnel.listener_port), "1", options=("-d",))
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, str(musl_client), name, port)
+    assert (code, out) == (0, "echo:hello 0\nok 1\n"), err
+    code, out, err = finish(server)
+    assert (code, out) == (0, "served 1\n"), err
+    assert "accept fd" in err and "authenticated" in err
+
+
+def _connect_with_secret(port: int, tunnel: Gateway, secret: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    handshake_blocking(sock, Connector(secret, tunnel.tunnel_id, timeout=5))
+    return sock
+
+
+def _listener_secret(tunnel: Gateway) -> bytes:
+    secret = confmod.load(tunnel.tunnel_id, tunnel.listener_dir).secret
+    assert secret is not None
+    return secret
+
+
+@pytest.mark.parametrize("server_kind", ["python-blocking-accept", "go-nonblocking-accept"])
+def test_wrong_secret_connection_never_reaches_the_program(
+        tunnel: Gateway, server_kind: str, request: pytest.FixtureRequest) -> None:
+    if server_kind.startswith("go"):
+        go_server = request.getfixturevalue("go_server")
+        command = [str(go_server), str(tunnel.listener_port), "1"]
+    else:
+        command = [sys.executable, str(PROGRAMS / "echo_server.py"),
+                   str(tunnel.listener_port), "1"]
+    server = listener_program(tunnel, *command, options=("-d",))
+    # Wrong secret, then a connection that says nothing at all: both refused unseen.
+    with pytest.raises(HandshakeError):
+        _connect_with_secret(tunnel.listener_port, tunnel, b"not the secret")
+    with socket.create_connection(("127.0.0.1", tunnel.listener_port)) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        raw.settimeout(15)
+        answer = b""
+        while chunk := raw.recv(100):
+            answer += chunk
+        # The supervisor's REJECT, then end of file: the program never echoed it.
+        assert answer.startswith(b"GSLH") and b"echo:" not in answer
+    # The program's one accept still waits, and gets the good connection.
+    with _connect_with_secret(tunnel.listener_port, tunnel, _listener_secret(tunnel)) as good:
+        good.sendall(b"hello good\n")
+        good.shutdown(socket.SHUT_WR)
+        good.settimeout(15)
+        assert good.recv(100) == b"echo:hello good\n"
+    code, out, err = finish(server)
+    assert (code, out) == (0, "served 1\n"), err
+    assert err.count("the program never sees it") == 2, err
+    assert _listener_secret(tunnel).decode() not in err
+
+
+@pytest.mark.parametrize("how", ["-p", "env"])
+def test_extra_listener_ports(tunnel: Gateway, how: str) -> None:
+    port = free_port()
+    options: tuple[str, ...] = ("-p", str(port)) if how == "-p" else ()
+    env = {f"GLOBUS_STREAMS_INTERCEPT_PORT_{port}": tunnel.tunnel_id} if how == "env" else {}
+    server = listener_program(tunnel, sys.executable, str(PROGRAMS / "echo_server.py"),
+                              str(port), "1", options=options, env=env)
+    with pytest.raises(HandshakeError):
+        _connect_with_secret(port, tunnel, b"wrong")
+    with _connect_with_secret(port, tunnel, _listener_secret(tunnel)) as good:
+        good.sendall(b"x\n")
+        good.settimeout(15)
+        assert good.recv(100) == b"echo:x\n"
+    assert finish(server)[:2] == (0, "served 1\n")
+
+
+# -- many connections, threads and processes -----------------------------------------------
+
+
+def test_64_threads_times_20_connections(tunnel: Gateway, echo: EchoListener,
+                                         c_client: Path) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, str(c_client), "-t", "64", "-c", "20", name, port,
+                                   timeout=300)
+    assert code == 0 and out.endswith("ok 1280\n"), (out[-200:], err[-2000:])
+
+
+def test_forking_client(tunnel: Gateway, echo: EchoListener, musl_client: Path) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, str(musl_client), "-f", "8", "-c", "5", name, port)
+    assert (code, out) == (0, "forks ok 8\n"), err
+
+
+# -- faults --------------------------------------------------------------------------------
+
+
+def test_access_point_down_gives_econnrefused_fast(tunnel: Gateway, tmp_path: Path,
+                                                   c_client: Path) -> None:
+    down = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "down",
+                     connector_contact_string=f"127.0.0.1:{free_port()}")
+    name, port = fake_contact(tunnel)
+    started = time.monotonic()
+    code, out, err = finish(streams_run(down, tunnel.tunnel_id, str(c_client), name, port,
+                                        options=("-d",)), 30)
+    assert time.monotonic() - started < 10
+    assert code == 1 and out == "connect: Connection refused\nok 0\n", err
+    assert "access point unreachable" in err and "ECONNREFUSED" in err
+
+
+def test_wrong_initiator_secret_gives_econnrefused(tunnel: Gateway, tmp_path: Path,
+                                                   c_client: Path) -> None:
+    wrong = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "wrong",
+                      lankey="definitely-not-the-secret")
+    name, port = fake_contact(tunnel)
+    code, out, err = finish(streams_run(wrong, tunnel.tunnel_id, str(c_client), name, port,
+                                        options=("-d",)), 30)
+    assert code == 1 and out == "connect: Connection refused\nok 0\n", err
+    assert "handshake failed" in err and "definitely-not-the-secret" not in err
+
+
+def test_other_destinations_are_left_alone(tunnel: Gateway, c_client: Path) -> None:
+    """A connect to an address that is not the tunnel's goes where the program said."""
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        port = plain.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = plain.accept()
+            with conn:
+                conn.recv(100)
+                conn.sendall(b"echo:hello 0\n")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        code, out, err = initiator_run(tunnel, str(c_client), "127.0.0.1", str(port))
+        thread.join()
+    assert (code, out) == (0, "echo:hello 0\nok 1\n"), err
+
+
+# -- launcher: exit statuses, signals, stdout, fallback ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["sh", "-c", "exit 7"], 7),
+        (["sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM),
+        (["/nonexistent/program"], 127),
+        (["/etc/hostname"], 126),
+    ],
+    ids=["own-status", "killed-by-signal", "not-found", "not-executable"],
+)
+def test_exit_statuses(tunnel: Gateway, command: list[str], expected: int) -> None:
+    code, out, err = initiator_run(tunnel, *command)
+    assert code == expected, err
+    assert out == ""
+    if expected in (126, 127):
+        assert err.count("\n") == 1 and err.startswith("streams-run: ")
+
+
+def test_supervisor_failures_are_one_line_and_125(tunnel: Gateway, tmp_path: Path) -> None:
+    unknown = "0b8f3c1e-0000-4000-8000-000000000000"
+    for args in ([unknown, "true"], ["not-a-tunnel", "true"]):
+        process = subprocess.run(
+            [*STREAMS_RUN, "--config-dir", str(tmp_path), *args], capture_output=True, text=True)
+        assert process.returncode == 125, process.stderr
+        assert process.stderr.count("\n") == 1 and "Traceback" not in process.stderr
+        assert process.stdout == ""
+
+
+def test_stdout_belongs_to_the_program(tunnel: Gateway) -> None:
+    code, out, err = initiator_run(tunnel, "echo", "-d", "--", "x", options=("-d",))
+    assert (code, out) == (0, "-d -- x\n")
+    assert "started echo" in err
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signals_reach_the_program(tunnel: Gateway, signal_number: int) -> None:
+    process = streams_run(
+        tunnel.initiator_dir, tunnel.tunnel_id, "sh", "-c",
+        f"trap 'echo got; exit 42' {signal.Signals(signal_number).name[3:]}; "
+        "echo ready; while :; do sleep 0.1; done")
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    process.send_signal(signal_number)
+    code, out, err = finish(process, 20)
+    assert (code, out) == (42, "got\n"), err
+
+
+def test_stop_and_continue(tunnel: Gateway) -> None:
+    """A program stopped with SIGSTOP stays stopped (group-stop kept) and resumes on SIGCONT."""
+    process = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, sys.executable, "-c",
+                          "import time\nprint('ready', flush=True)\n"
+                          "for i in range(30):\n    time.sleep(0.1)\nprint('done')")
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    program = int(children[0])
+    os.kill(program, signal.SIGSTOP)
+    time.sleep(0.5)
+    state = Path(f"/proc/{program}/stat").read_text().split(")")[1].split()[0]
+    assert state in ("T", "t")
+    time.sleep(3.5)  # longer than the program's own run
+    assert process.poll() is None
+    os.kill(program, signal.SIGCONT)
+    code, out, err = finish(process, 20)
+    assert (code, out) == (0, "done\n"), err
+
+
+def test_fallback_without_seccomp_still_redirects(tunnel: Gateway, echo: EchoListener,
+                                                  musl_client: Path) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, str(musl_client), name, port,
+                                   env={"STREAMS_TRACE_SECCOMP": "off"})
+    assert (code, out) == (0, "echo:hello 0\nok 1\n"), err
+    assert "no seccomp filter" in err and "every system call" in err
+
+
+def test_streams_trace_run_is_the_same_command(tunnel: Gateway) -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "streams_trace", "run", "--config-dir", str(tunnel.initiator_dir),
+         tunnel.tunnel_id, "sh", "-c", "exit 3"], capture_output=True, text=True, timeout=60)
+    assert process.returncode == 3, process.stderr
