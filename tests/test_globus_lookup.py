@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,11 @@ from streams_trace.errors import NetworkError
 from streams_trace.globus.errors import GlobusTunnelError
 from streams_trace.globus.lookup import current_conf, needs_lookup
 
-from .conftest import REPO, start_gateway
+from .conftest import REPO, Gateway, start_gateway
 from .test_environment import (
+    INITIATOR_ENDPOINT,
     INITIATOR_SECRET,
+    LISTENER_ENDPOINT,
     Globus,
     globus,
     log_in,
@@ -123,9 +127,17 @@ def echo_once(listener: client.Listener) -> None:
             conn.sendall(data)
 
 
-def test_confs_written_by_initialize_work_unchanged_on_the_gateway(
-    globus: Globus, tmp_path: Path
-) -> None:
+@dataclasses.dataclass
+class InitializedSides:
+    """A real gateway, and the confs `initialize` wrote for its tunnel on each side."""
+
+    gateway: Gateway
+    initiator_dir: Path
+    listener_dir: Path
+
+
+@pytest.fixture
+def initialized(globus: Globus, tmp_path: Path) -> Iterator[InitializedSides]:
     """The gateway stands in for both GCS endpoints: Globus (mocked) hands out its
     access point's contact and its LAN secrets, as real Globus hands out GCS's."""
     gateway = start_gateway(tmp_path / "gateway")
@@ -138,7 +150,7 @@ def test_confs_written_by_initialize_work_unchanged_on_the_gateway(
         g = dataclasses.replace(globus, tunnel_id=gateway.tunnel_id)
         access_point = made_by_gateway["initiator"].require_connector_contact()
         listener_contact = made_by_gateway["listener"].require_listener_contact()
-        log_in("d6428474-c308-4a2d-8a86-d377915d978b", "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9")
+        log_in(INITIATOR_ENDPOINT, LISTENER_ENDPOINT)
         serve_tunnel(g, "AWAITING_LISTENER")
         serve_listener_update(g, listener_contact)
         serve_tunnel(g, "ACTIVE", initiator=(access_point.host, access_point.port))
@@ -154,31 +166,106 @@ def test_confs_written_by_initialize_work_unchanged_on_the_gateway(
         result = run_cli("environment", "initialize", "--config-dir", str(initiator_dir),
                          g.tunnel_id)
         assert result.code == 0, result
-
-        # Programs on each side use the files initialize wrote, as they are.
-        with client.listen(g.tunnel_id, config_dir=listener_dir) as listener:
-            server = threading.Thread(target=echo_once, args=(listener,), daemon=True)
-            server.start()
-            with client.connect(g.tunnel_id, config_dir=initiator_dir) as sock:
-                payload = os.urandom(1 << 20)
-                sender = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
-                sender.start()
-                received = bytearray()
-                while len(received) < len(payload):
-                    chunk = sock.recv(65536)
-                    assert chunk, "the tunnel closed early"
-                    received += chunk
-                sender.join(10)
-            server.join(10)
-            assert bytes(received) == payload and listener.refused == 0
-
-        # The secrets matter: a conf holding another secret is refused by the access point.
-        wrong = confmod.load(g.tunnel_id, initiator_dir)
-        wrong.lankey = INITIATOR_SECRET
-        with pytest.raises(NetworkError):
-            client.connect_with_conf(wrong).close()
+        yield InitializedSides(gateway, initiator_dir, listener_dir)
     finally:
         gateway.stop()
+
+
+def test_confs_written_by_initialize_work_unchanged_with_the_client_api(
+    initialized: InitializedSides,
+) -> None:
+    tunnel_id = initialized.gateway.tunnel_id
+    with client.listen(tunnel_id, config_dir=initialized.listener_dir) as listener:
+        server = threading.Thread(target=echo_once, args=(listener,), daemon=True)
+        server.start()
+        with client.connect(tunnel_id, config_dir=initialized.initiator_dir) as sock:
+            payload = os.urandom(1 << 20)
+            sender = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
+            sender.start()
+            received = bytearray()
+            while len(received) < len(payload):
+                chunk = sock.recv(65536)
+                assert chunk, "the tunnel closed early"
+                received += chunk
+            sender.join(10)
+        server.join(10)
+        assert bytes(received) == payload and listener.refused == 0
+
+    # The secrets matter: a conf holding another secret is refused by the access point.
+    wrong = confmod.load(tunnel_id, initialized.initiator_dir)
+    wrong.lankey = INITIATOR_SECRET
+    with pytest.raises(NetworkError):
+        client.connect_with_conf(wrong).close()
+
+
+SERVER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen()
+print("listening", flush=True)
+conn, _ = server.accept()
+line = conn.makefile("rb").readline()
+conn.sendall(b"echo:" + line)
+conn.close()
+"""
+
+CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as conn:
+    conn.sendall(b"hello through globus\\n")
+    print(conn.makefile("rb").readline().decode(), end="")
+"""
+
+
+def ptrace_problem() -> str | None:
+    """Why this process cannot trace a child here, or None when it can."""
+    from streams_trace.trace import ptraceapi
+
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        ptraceapi.seize(pid, 0)
+    except OSError as exc:
+        return f"ptrace is not permitted here ({exc.strerror}); streams-run needs it"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return None
+
+
+def test_confs_written_by_initialize_work_unchanged_with_streams_run(
+    initialized: InitializedSides,
+) -> None:
+    problem = ptrace_problem()
+    if problem:
+        pytest.skip(problem)
+    tunnel_id = initialized.gateway.tunnel_id
+    listener_conf = confmod.load(tunnel_id, initialized.listener_dir)
+    initiator_conf = confmod.load(tunnel_id, initialized.initiator_dir)
+    streams_run = [sys.executable, "-c", "from streams_trace.cli.run import main; main()"]
+    server = subprocess.Popen(
+        [*streams_run, "--config-dir", str(initialized.listener_dir), tunnel_id,
+         sys.executable, "-c", SERVER, str(listener_conf.require_listener_contact().port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline() == "listening\n", server.stderr
+        result = subprocess.run(
+            [*streams_run, "--config-dir", str(initialized.initiator_dir), tunnel_id,
+             sys.executable, "-c", CLIENT, f"globus.{tunnel_id}", str(initiator_conf.fake_port)],
+            capture_output=True, text=True, timeout=60)
+        assert (result.returncode, result.stdout) == (0, "echo:hello through globus\n"), (
+            result.stderr)
+        server.wait(timeout=30)
+        assert server.returncode == 0, server.stderr
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate()
 
 
 # -- globus_sdk stays out of what does not talk to Globus ------------------------------------
