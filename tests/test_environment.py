@@ -673,3 +673,10 @@ def test_every_option_is_in_the_man_page() -> None:
             for option in param.opts:
                 if option.startswith("--") and not getattr(param, "hidden", False):
                     assert option in text, f"{command.name} {option} is not in the man page"
+
+
+def test_a_multi_line_globus_message_stays_one_line(globus: Globus) -> None:
+    log_in()
+    serve_tunnel_error(globus, 409, "CONFLICT", "Tunnel is busy.\nTry again\n later.")
+    result = run_cli("environment", "initialize", globus.tunnel_id)
+    assert_one_line_error(result, 5, "Globus answered 409 Tunnel is busy. Try again later.")

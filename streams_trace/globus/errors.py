@@ -78,7 +78,8 @@ def _translate_api_error(
     is_consent_error: bool,
 ) -> StreamsTraceError:
     status = error.http_status
-    detail = error.message or error.code or error.http_reason
+    # Whatever Globus said, on one line: the error must stay one line.
+    detail = " ".join(str(error.message or error.code or error.http_reason).split())
     if is_consent_error or (status == 403 and error.code == "ConsentRequired"):
         where = f" for endpoint {subject.endpoint_id}" if subject.endpoint_id else ""
         return GlobusAuthError(
@@ -111,7 +112,7 @@ def _translate_api_error(
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return " ".join(text.splitlines()[0].split()) if text else type(error).__name__
 
 
 @contextlib.contextmanager
