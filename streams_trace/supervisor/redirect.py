@@ -24,6 +24,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import select
 import selectors
 import socket
 import struct
@@ -277,7 +278,13 @@ class Redirector:
         AcceptCheck(self, task, int(info.rval), nr, args).start()
 
 
-def _address_key(address: tuple) -> tuple[str, int]:  # type: ignore[type-arg]
+def _writable_now(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))
+
+
+def _address_key(address: tuple) -> tuple[str, int]:
     host = str(address[0])
     if host.startswith("::ffff:") and "." in host:
         host = host[len("::ffff:") :]
@@ -298,6 +305,7 @@ class Operation:
         self.deadline = self.started + owner.settings.timeout
         self.sock: socket.socket | None = None
         self.saved_flags: int | None = None
+        self.saved_nodelay: int | None = None
         self.machine: Handshake | None = None
         self.timer: Timer | None = None
         self.finished = False
@@ -358,6 +366,11 @@ class Operation:
             self.timer = None
         if self.sock is not None:
             self.loop.unwatch(self.sock)
+            if self.saved_nodelay == 0:
+                try:
+                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+                except OSError:
+                    pass
             if self.saved_flags is not None:
                 try:
                     fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, self.saved_flags)
@@ -405,6 +418,8 @@ class ConnectRedirect(Operation):
                         "access point")
             return
         error = sock.connect_ex(destination)
+        if error == errno.EINPROGRESS and _writable_now(sock):
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # loopback: done already
         if error == 0:
             self._connected()
         elif error == errno.EINPROGRESS:
@@ -432,6 +447,12 @@ class ConnectRedirect(Operation):
         self._connected()
 
     def _connected(self) -> None:
+        assert self.sock is not None
+        # The handshake is four small messages: no Nagle delay for them. The program's own
+        # setting is put back before it runs again.
+        self.saved_nodelay = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        if not self.saved_nodelay:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         secret = self.owner.tunnel.secret
         if secret is None:
             self.finish(0, "connected (no LAN secret)")

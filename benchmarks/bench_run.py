@@ -1,0 +1,249 @@
+"""streams-run against its baselines, each measured in the same run.
+
+    python benchmarks/bench_run.py [--megabytes 1000] [--connections 300] [--runs 3]
+
+Tunnel figures run one Python worker program through a real local gateway twice:
+under streams-run, connecting by name to globus.<TUNNEL_ID> (the supervisor resolves,
+redirects and authenticates), and untraced, opening connections with the in-process
+client API (``streams_trace.client``). Everything on the listener side is the client
+API. Program figures run a small C program natively and under streams-run; it times
+its own loop, so start-up is not counted there (it is the "true" figure). The table
+shows medians and the ratio (or difference) against the baseline with its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from streams_trace import conf  # noqa: E402
+from streams_trace.client import Listener  # noqa: E402
+
+STREAMS_RUN = [sys.executable, "-c", "from streams_trace.cli.run import main; main()"]
+BLOCK = 1 << 20
+
+# The worker runs as its own program: "by-name" under streams-run, "api" untraced.
+WORKER = r'''
+import os, socket, statistics, sys, time
+mode, tunnel, config_dir, host, port, what, amount = sys.argv[1:8]
+amount = int(amount)
+if mode == "api":
+    sys.path.insert(0, os.environ["STREAMS_TRACE_REPO"])
+    from streams_trace import conf
+    from streams_trace.client import connect_with_conf
+    tunnel_conf = conf.load(tunnel, config_dir)
+    def open_connection():
+        return connect_with_conf(tunnel_conf)
+else:
+    address = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    def open_connection():
+        sock = socket.socket()
+        sock.connect(address)
+        return sock
+if what == "bulk":
+    payload = memoryview(os.urandom(1 << 20))
+    started = time.perf_counter()
+    with open_connection() as sock:
+        for _ in range(amount):
+            sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)
+    print(amount / (time.perf_counter() - started))
+else:
+    times = []
+    started = time.perf_counter()
+    for _ in range(amount):
+        t0 = time.perf_counter()
+        with open_connection() as sock:
+            sock.sendall(b"x")
+            sock.recv(1)
+        times.append(time.perf_counter() - t0)
+    print(amount / (time.perf_counter() - started), statistics.median(times))
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve(listener: Listener) -> None:
+    """Answer every connection: a sink that acks with one byte at EOF, or a 1-byte echo."""
+
+    def one(conn: socket.socket) -> None:
+        buffer = bytearray(BLOCK)
+        with conn:
+            got = conn.recv_into(buffer)
+            if got == 1:  # connections/s probe
+                conn.sendall(b"k")
+                return
+            while conn.recv_into(buffer):
+                pass
+            conn.sendall(b"k")
+
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+
+def start_gateway(workdir: Path) -> tuple[subprocess.Popen[str], str, Path, Path, int]:
+    port = free_port()
+    initiator, listener = workdir / "initiator", workdir / "listener"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams_trace", "gateway", "--listener-contact-string",
+         f"127.0.0.1:{port}", "--initiator-config-dir", str(initiator),
+         "--listener-config-dir", str(listener)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    assert process.stdout is not None
+    tunnel_id = process.stdout.readline().strip()
+    if not tunnel_id:
+        raise SystemExit("the gateway did not start")
+    return process, tunnel_id, initiator, listener, port
+
+
+def run_worker(traced: bool, tunnel_id: str, initiator: Path, what: str, amount: int,
+               script: Path) -> list[float]:
+    tunnel = conf.load(tunnel_id, initiator)
+    host, port = f"globus.{tunnel_id}", str(tunnel.fake_port)
+    mode = "by-name" if traced else "api"
+    command = [sys.executable, str(script), mode, tunnel_id, str(initiator), host, port, what,
+               str(amount)]
+    if traced:
+        command = [*STREAMS_RUN, "--config-dir", str(initiator), tunnel_id, *command]
+    env = {**os.environ, "STREAMS_TRACE_REPO": str(REPO)}
+    out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+    return [float(value) for value in out.split()]
+
+
+def time_program(command: list[str], traced: bool, tunnel_id: str, initiator: Path) -> float:
+    if traced:
+        command = [*STREAMS_RUN, "--config-dir", str(initiator), tunnel_id, *command]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+def wall(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def supervisor_rss_mb(tunnel_id: str, initiator: Path, client: Path | None) -> float:
+    """Peak RSS of the streams-run process while a 16-thread client runs under it."""
+    tunnel = conf.load(tunnel_id, initiator)
+    program = ([str(client), "-t", "16", "-c", "20", f"globus.{tunnel_id}",
+                str(tunnel.fake_port)] if client else ["sleep", "1"])
+    process = subprocess.Popen([*STREAMS_RUN, "--config-dir", str(initiator), tunnel_id,
+                                "sh", "-c", " ".join(program) + "; sleep 0.3"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while process.poll() is None:
+        try:
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            break
+        time.sleep(0.05)
+    return peak / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--megabytes", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=3)
+    options = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    script = workdir / "worker.py"
+    script.write_text(WORKER)
+    programs = REPO / "tests" / "programs"
+    syscalls = workdir / "syscalls"
+    subprocess.run(["gcc", "-O2", "-o", str(syscalls), str(programs / "syscalls.c")], check=True)
+    client: Path | None = workdir / "client"
+    try:
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(client), str(programs / "client.c")],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        client = None
+    gateway, tunnel_id, initiator, listener_dir, _ = start_gateway(workdir)
+    listener = Listener(conf.load(tunnel_id, listener_dir))
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    rows: list[tuple[str, str, str, str, str]] = []
+    try:
+        bulk = {traced: [run_worker(traced, tunnel_id, initiator, "bulk", options.megabytes,
+                                    script)[0] for _ in range(options.runs)]
+                for traced in (False, True)}
+        api_bulk, run_bulk = statistics.median(bulk[False]), statistics.median(bulk[True])
+        rows.append(("bulk throughput through the tunnel (MB/s)", f"{api_bulk:.0f}",
+                     f"{run_bulk:.0f}", f"{run_bulk / api_bulk:.2f}", ">= 0.97"))
+
+        conns = {traced: [run_worker(traced, tunnel_id, initiator, "conns", options.connections,
+                                     script) for _ in range(options.runs)]
+                 for traced in (False, True)}
+        api_rate = statistics.median(r[0] for r in conns[False])
+        run_rate = statistics.median(r[0] for r in conns[True])
+        rows.append(("connections per second through the tunnel", f"{api_rate:.0f}",
+                     f"{run_rate:.0f}", f"{run_rate / api_rate:.2f}", ">= 0.5"))
+        api_latency = statistics.median(r[1] for r in conns[False]) * 1e6
+        run_latency = statistics.median(r[1] for r in conns[True]) * 1e6
+        rows.append(("median time per connection (us)", f"{api_latency:.0f}",
+                     f"{run_latency:.0f}", f"{run_latency - api_latency:+.0f} us",
+                     "<= +50 us"))
+
+        for label, command, target in (
+            ("syscall-heavy loop, 5M getppid (s)", [str(syscalls), "getppid", "5000000"],
+             "<= 1.15"),
+            ("open-heavy loop, 200k open/read/close (s)",
+             [str(syscalls), "open", "200000", "/etc/hostname"], "<= 1.03"),
+        ):
+            native = statistics.median(time_program(command, False, tunnel_id, initiator)
+                                       for _ in range(options.runs))
+            traced = statistics.median(time_program(command, True, tunnel_id, initiator)
+                                       for _ in range(options.runs))
+            rows.append((label, f"{native:.3f}", f"{traced:.3f}", f"{traced / native:.2f}",
+                         target))
+
+        true = shutil.which("true") or "/bin/true"
+        runs = max(options.runs, 5)
+        native_true = statistics.median(wall([true]) for _ in range(runs))
+        traced_true = statistics.median(
+            wall([*STREAMS_RUN, "--config-dir", str(initiator), tunnel_id, true])
+            for _ in range(runs))
+        rows.append(("streams-run TUNNEL true vs true (s)", f"{native_true:.3f}",
+                     f"{traced_true:.3f}", f"{traced_true - native_true:+.3f} s", "<= +0.2 s"))
+        rss = supervisor_rss_mb(tunnel_id, initiator, client)
+        rows.append(("supervisor peak RSS, 16-thread client (MB)", "-", f"{rss:.1f}", "-",
+                     "<= 60 MB"))
+    finally:
+        listener.close()
+        gateway.terminate()
+        gateway.wait(timeout=20)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    header = ("figure", "baseline", "streams-run", "ratio", "target")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+    print(f"streams-run benchmark, medians of {options.runs} runs "
+          f"(baseline: client API for tunnel figures, native for programs)")
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+/* Workloads for the streams-run benchmark and tests: time N system calls of one kind.
+ *
+ *   syscalls getppid N      N getppid() calls (not traced by the filter)
+ *   syscalls open N PATH    N open()+read()+close() of PATH (an open-heavy program)
+ *   syscalls int80          one 32-bit system call from a 64-bit program
+ *
+ * Prints the seconds the loop took (its own clock, so start-up is not counted).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "int80") == 0) {
+        long pid;
+        /* i386 getpid is 20: a foreign-ABI syscall the filter must not let through. */
+        __asm__ volatile("int $0x80" : "=a"(pid) : "a"(20) : "memory");
+        printf("int80 returned %ld\n", pid);
+        return 0;
+    }
+    if (argc < 3) { fprintf(stderr, "usage: syscalls getppid|open N [PATH]\n"); return 2; }
+    long n = atol(argv[2]);
+    char buffer[256];
+    double started = now();
+    if (strcmp(argv[1], "getppid") == 0) {
+        for (long i = 0; i < n; i++) syscall(SYS_getppid);
+    } else {
+        const char *path = argc > 3 ? argv[3] : "/etc/hostname";
+        for (long i = 0; i < n; i++) {
+            int fd = open(path, O_RDONLY);
+            if (fd < 0) { perror(path); return 1; }
+            if (read(fd, buffer, sizeof buffer) < 0) return 1;
+            close(fd);
+        }
+    }
+    printf("%.6f\n", now() - started);
+    return 0;
+}
