@@ -580,3 +580,104 @@ def test_streams_trace_run_is_the_same_command(tunnel: Gateway) -> None:
         [sys.executable, "-m", "streams_trace", "run", "--config-dir", str(tunnel.initiator_dir),
          tunnel.tunnel_id, "sh", "-c", "exit 3"], capture_output=True, text=True, timeout=60)
     assert process.returncode == 3, process.stderr
+
+
+def test_a_32bit_system_call_is_refused_loudly(tunnel: Gateway, built: Path) -> None:
+    """int 0x80 from a 64-bit program would bypass a 64-bit-only filter: it is stopped."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    program = built / "syscalls"
+    subprocess.run(["gcc", "-O2", "-o", str(program), str(PROGRAMS / "syscalls.c")], check=True)
+    code, out, err = initiator_run(tunnel, str(program), "int80")
+    assert code == 125 and out == "", err
+    assert "foreign ABI" in err and err.count("\n") == 1
+
+
+def test_start_up_does_not_import_globus_sdk(tunnel: Gateway) -> None:
+    """The conf is fresh (the gateway's TTL is the tunnel's lifetime): no Globus code loads."""
+    process = subprocess.run(
+        [sys.executable, "-X", "importtime", *STREAMS_RUN[1:], "--config-dir",
+         str(tunnel.initiator_dir), tunnel.tunnel_id, "true"],
+        capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "streams_trace.supervisor" in process.stderr
+    assert "globus_sdk" not in process.stderr
+
+
+class TinyNameserver:
+    """A UDP nameserver on 127.83.0.53:53 that knows one name, for the forwarding test."""
+
+    ADDRESS = ("127.83.0.53", 53)
+
+    def __init__(self, name: str, answer: str) -> None:
+        from streams_trace.supervisor import dns
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(self.ADDRESS)
+        self.asked: list[str] = []
+
+        def serve() -> None:
+            while True:
+                try:
+                    query, client = self.sock.recvfrom(4096)
+                except OSError:
+                    return
+                question = dns.parse_question(query)
+                if question is None:
+                    continue
+                self.asked.append(question.name)
+                known = answer if question.name == name else None
+                self.sock.sendto(dns.build_answer(query, question, known), client)
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_other_names_still_resolve_through_the_real_nameserver(
+        tunnel: Gateway, echo: EchoListener, musl_client: Path, tmp_path: Path) -> None:
+    """Under a resolv.conf naming our own nameserver (a private mount namespace), a name
+    only that nameserver knows resolves under streams-run, for glibc and musl, and the
+    tunnel's name never reaches it."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private /etc/resolv.conf")
+    try:
+        nameserver = TinyNameserver("other.streams-trace.test", "127.0.0.1")
+    except OSError as exc:
+        pytest.skip(f"cannot bind the test nameserver on 127.83.0.53:53: {exc}")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.83.0.53\n")
+    name, port = fake_contact(tunnel)
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        plain_port = plain.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = plain.accept()
+            with conn:
+                conn.recv(100)
+                conn.sendall(b"echo:hello 0\n")
+
+        server = threading.Thread(target=answer)
+        server.start()
+        script = (
+            f"mount --bind {resolv} /etc/resolv.conf && "
+            f"{' '.join(STREAMS_RUN[:2])} '{STREAMS_RUN[2]}' --config-dir {tunnel.initiator_dir} "
+            f"{tunnel.tunnel_id} sh -c '"
+            f"{sys.executable} -c \"import socket; "
+            f"print(socket.gethostbyname(\\\"other.streams-trace.test\\\"))\" && "
+            f"{musl_client} other.streams-trace.test {plain_port} && "
+            f"{musl_client} {name} {port}'"
+        )
+        try:
+            process = subprocess.run(["unshare", "--mount", "sh", "-c", script],
+                                     capture_output=True, text=True, timeout=60)
+        finally:
+            nameserver.close()
+            server.join(timeout=10)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout == "127.0.0.1\necho:hello 0\nok 1\necho:hello 0\nok 1\n"
+    assert "other.streams-trace.test" in nameserver.asked
+    assert not any(asked.startswith("globus.") for asked in nameserver.asked)
