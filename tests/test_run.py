@@ -681,3 +681,15 @@ def test_other_names_still_resolve_through_the_real_nameserver(
     assert process.stdout == "127.0.0.1\necho:hello 0\nok 1\necho:hello 0\nok 1\n"
     assert "other.streams-trace.test" in nameserver.asked
     assert not any(asked.startswith("globus.") for asked in nameserver.asked)
+
+
+def test_every_option_is_in_the_man_page_and_help() -> None:
+    from streams_trace.cli.run import run
+
+    page = (REPO / "man" / "streams-run.1").read_text().replace("\\-", "-")
+    help_text = subprocess.run([*STREAMS_RUN, "--help"], capture_output=True, text=True).stdout
+    for param in run.params:
+        for option in param.opts:
+            if option.startswith("-"):
+                assert option in page, f"{option} is not in man/streams-run.1"
+                assert option in help_text
