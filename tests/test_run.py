@@ -693,3 +693,52 @@ def test_every_option_is_in_the_man_page_and_help() -> None:
             if option.startswith("-"):
                 assert option in page, f"{option} is not in man/streams-run.1"
                 assert option in help_text
+
+
+def test_ctrl_z_and_fg_in_an_interactive_shell(tunnel: Gateway) -> None:
+    """In a job-control shell on a terminal: Ctrl-Z stops the job, fg resumes it to the end."""
+    import pty
+    import select
+    import shlex
+
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    pid, terminal = pty.fork()
+    if pid == 0:
+        os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
+
+    def read_until(marker: str, timeout: float = 15) -> str:
+        seen = ""
+        deadline = time.monotonic() + timeout
+        while marker not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([terminal], [], [], 0.1)
+            if ready:
+                try:
+                    seen += os.read(terminal, 4096).decode(errors="replace")
+                except OSError:
+                    break
+        assert marker in seen, seen[-500:]
+        return seen
+
+    try:
+        program = "import time\nfor i in range(20): print('tick', i, flush=True); time.sleep(0.1)"
+        command = shlex.join([*STREAMS_RUN, "--config-dir", str(tunnel.initiator_dir),
+                              tunnel.tunnel_id, sys.executable, "-c", program])
+        os.write(terminal, command.encode() + b"\n")
+        read_until("tick 3")
+        os.write(terminal, b"\x1a")
+        read_until("Stopped")
+        time.sleep(0.5)
+        os.write(terminal, b"fg\n")
+        read_until("tick 19")
+        os.write(terminal, b"echo status=$?\n")
+        read_until("status=0")
+    finally:
+        os.write(terminal, b"exit\n")
+        time.sleep(0.2)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(terminal)
