@@ -79,8 +79,10 @@ struct pair;
 struct endpoint {
     struct pair *pair;
     int side;
-    uint32_t events;  /* the interest registered now */
-    int registered;   /* 0 once removed: both its directions are done */
+    uint32_t events; /* the interest registered now */
+    int registered;  /* in the epoll set now */
+    int hung_up;     /* reported EPOLLHUP: shut down both ways, no error */
+    int done;        /* removed for good: both its directions are over */
 };
 
 struct pair {
@@ -262,27 +264,37 @@ static void update_interest(struct pair *p)
         struct endpoint *e = &p->end[side];
         const struct direction *out = side == 0 ? &p->forward : &p->backward;
         const struct direction *into = side == 0 ? &p->backward : &p->forward;
-        if (!e->registered)
+        if (e->done)
             continue;
-        if (out->eof && into->finished) {
-            /* Nothing more to read or write here. Left registered, a socket shut
-             * down both ways would report EPOLLHUP on every wait (level
-             * triggered) while the other direction still drains. */
-            epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[side], NULL);
+        /* A socket shut down both ways reports EPOLLHUP on every wait (level
+         * triggered), whatever the interest. Once nothing more can happen on
+         * it, or while its bytes wait for the other side's pipe to drain (the
+         * drain is signalled on the other socket), it leaves the epoll set,
+         * else the loop would spin at full speed. */
+        int finished_here = out->eof && into->finished;
+        int parked = e->hung_up && interest(out, into) == 0;
+        if (finished_here || parked) {
+            if (e->registered)
+                epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[side], NULL);
             e->registered = 0;
+            e->done = finished_here;
             continue;
         }
         uint32_t events = interest(out, into);
-        if (events != e->events) {
-            struct epoll_event ev = {.events = events, .data.ptr = e};
+        struct epoll_event ev = {.events = events, .data.ptr = e};
+        if (!e->registered) {
+            epoll_ctl(epoll_fd, EPOLL_CTL_ADD, p->fd[side], &ev);
+            e->registered = 1;
+            e->events = events;
+        } else if (events != e->events) {
             epoll_ctl(epoll_fd, EPOLL_CTL_MOD, p->fd[side], &ev);
             e->events = events;
         }
     }
 }
 
-/* A socket reported an error or hang-up that no read could surface (its own
- * direction already ended): a pending error means the peer reset. */
+/* The socket's pending error, which a reset leaves (ECONNRESET, or EPIPE after
+ * the peer's FIN); reading it clears it. */
 static int pending_error(int fd)
 {
     int err = 0;
@@ -297,9 +309,12 @@ static void service(struct pair *p, int side, uint32_t events)
     if (move(&p->forward) < 0 || move(&p->backward) < 0) {
         p->reset = 1;
     } else if (events & (EPOLLERR | EPOLLHUP)) {
-        const struct direction *out = side == 0 ? &p->forward : &p->backward;
-        if (out->eof && pending_error(p->fd[side]))
+        /* No read or write surfaced it (this side's directions may be over):
+         * an error means the peer reset; a clean hang-up is remembered. */
+        if (pending_error(p->fd[side]))
             p->reset = 1;
+        else if (events & EPOLLHUP)
+            p->end[side].hung_up = 1;
     }
     if (p->reset || (p->forward.finished && p->backward.finished)) {
         close_pair(p);

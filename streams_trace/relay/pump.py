@@ -73,6 +73,28 @@ class _Pair:
             os.close(self.forward.pipe_write)
             raise
         self.reset = False
+        # Sockets that reported EPOLLHUP without an error (shut down both ways), and
+        # those in the epoll set now: see _Pair.wanted.
+        self.hung_up: set[socket.socket] = set()
+        self.registered: set[socket.socket] = set()
+
+    def directions_of(self, sock: socket.socket) -> tuple[_Direction, _Direction]:
+        """The direction ``sock`` sends into and the one it receives from."""
+        return (self.forward, self.backward) if sock is self.a else (self.backward, self.forward)
+
+    def wanted(self, sock: socket.socket) -> bool:
+        """Whether ``sock`` belongs in the epoll set.
+
+        A socket shut down both ways reports EPOLLHUP on every wait whatever the
+        interest (level triggered). Once nothing more can happen on it, or while it
+        waits for nothing (its bytes wait for the other side's pipe to drain, which
+        is signalled on the other socket), it leaves the set, else the loop would
+        spin at full speed.
+        """
+        out, into = self.directions_of(sock)
+        if out.eof and into.finished:
+            return False
+        return not (sock in self.hung_up and self.events_for(sock) == 0)
 
     @property
     def finished(self) -> bool:
@@ -80,9 +102,7 @@ class _Pair:
 
     def events_for(self, sock: socket.socket) -> int:
         """What to wait for on ``sock``: readable if it may send, writable if bytes wait for it."""
-        out, into = (
-            (self.forward, self.backward) if sock is self.a else (self.backward, self.forward)
-        )
+        out, into = self.directions_of(sock)
         events = 0
         if not out.eof and not out.stalled and out.buffered < PIPE_SIZE:
             events |= select.EPOLLIN
@@ -210,13 +230,13 @@ class SplicePump:
 
     def _run(self) -> None:
         while not self._stopping:
-            for fd, _ in self._epoll.poll():
+            for fd, events in self._epoll.poll():
                 if fd == self._wake_read:
                     self._drain_wakeups()
                     continue
                 entry = self._by_fd.get(fd)
                 if entry is not None and entry[0] in self._pairs:
-                    self._service(entry[0])
+                    self._service(entry[0], entry[1], events)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -230,9 +250,12 @@ class SplicePump:
             for sock in (pair.a, pair.b):
                 self._by_fd[sock.fileno()] = (pair, sock)
                 self._epoll.register(sock.fileno(), 0)
+                pair.registered.add(sock)
             self._service(pair)
 
-    def _service(self, pair: _Pair) -> None:
+    def _service(
+        self, pair: _Pair, sock: socket.socket | None = None, events: int = 0
+    ) -> None:
         try:
             _move(pair.forward)
             _move(pair.backward)
@@ -240,11 +263,26 @@ class SplicePump:
             if exc.errno not in _RESET_ERRORS:
                 log.warning("relay error: %s", exc)
             pair.reset = True
+        if sock is not None and not pair.reset and events & (select.EPOLLERR | select.EPOLLHUP):
+            # No read or write surfaced it (this side's directions may be over): an
+            # error means the peer reset (ECONNRESET, or EPIPE after its FIN).
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                pair.reset = True
+            elif events & select.EPOLLHUP:
+                pair.hung_up.add(sock)
         if pair.finished:
             self._finish(pair)
             return
-        for sock in (pair.a, pair.b):
-            self._epoll.modify(sock.fileno(), pair.events_for(sock))
+        for each in (pair.a, pair.b):
+            if not pair.wanted(each):
+                if each in pair.registered:
+                    self._epoll.unregister(each.fileno())
+                    pair.registered.discard(each)
+            elif each in pair.registered:
+                self._epoll.modify(each.fileno(), pair.events_for(each))
+            else:
+                self._epoll.register(each.fileno(), pair.events_for(each))
+                pair.registered.add(each)
 
     def _finish(self, pair: _Pair) -> None:
         self._pairs.discard(pair)
