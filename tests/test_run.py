@@ -742,3 +742,25 @@ def test_ctrl_z_and_fg_in_an_interactive_shell(tunnel: Gateway) -> None:
             pass
         os.waitpid(pid, 0)
         os.close(terminal)
+
+
+def test_a_silent_access_point_times_out_and_delays_only_its_own_connects(
+        tunnel: Gateway, echo: EchoListener, tmp_path: Path, c_client: Path) -> None:
+    """An access point that accepts TCP but never answers the handshake: the program gets
+    ETIMEDOUT after --timeout, and diagnostics go to the -l file, not stderr."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        dead = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "silent",
+                         connector_contact_string=f"127.0.0.1:{silent.getsockname()[1]}")
+        name, port = fake_contact(tunnel)
+        log_file = tmp_path / "run.log"
+        started = time.monotonic()
+        code, out, err = finish(streams_run(
+            dead, tunnel.tunnel_id, str(c_client), "-t", "4", name, port,
+            options=("-d", "-l", str(log_file), "--timeout", "1")), 30)
+        elapsed = time.monotonic() - started
+    assert code == 1 and out.count("connect: Connection timed out") == 4, out
+    assert elapsed < 8  # four threads timed out together, not one after another
+    assert err == ""
+    assert log_file.read_text().count("timed out in") == 4

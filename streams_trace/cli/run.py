@@ -79,6 +79,9 @@ def intercept_ports(tunnel_id: str, environ: dict[str, str]) -> set[int]:
                    f"also ${CONFIG_DIR_ENV}).")
 @click.option("--globus-contact", "contacts", type=CONTACT, multiple=True,
               help="Also put connections to HOST:PORT on the tunnel (repeatable).")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              metavar="SECONDS",
+              help="Give up a tunnel connect (TCP and LAN handshake) after SECONDS.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
 @click.argument("tunnel_id", metavar="TUNNEL_ID")
 @click.argument(
@@ -90,6 +93,7 @@ def run(
     ports: tuple[int, ...],
     config_dir: str | None,
     contacts: tuple[Contact, ...],
+    timeout: float,
     quiet: bool,
     tunnel_id: str,
     command: tuple[str, ...],
@@ -101,7 +105,7 @@ def run(
     if not command:
         _fail("no COMMAND given; usage: streams-run [OPTIONS] TUNNEL_ID [--] COMMAND [ARGS]...")
     try:
-        code = _run(tunnel_id, command, ports, config_dir, contacts, quiet)
+        code = _run(tunnel_id, command, ports, config_dir, contacts, timeout, quiet)
     except StreamsTraceError as exc:
         if debug:
             log.exception("details")
@@ -124,6 +128,7 @@ def _run(
     ports: tuple[int, ...],
     config_dir: str | None,
     contacts: tuple[Contact, ...],
+    timeout: float,
     quiet: bool,
 ) -> int:
     from ..contact import ContactError, parse_tunnel_id
@@ -145,6 +150,7 @@ def _run(
         tunnel=tunnel,
         contacts=[*contacts, *tunnel.globus_contacts],
         listen_ports=listen_ports,
+        timeout=timeout,
     )
     return run_session(list(command), settings, quiet=quiet)
 
