@@ -70,7 +70,7 @@ def build_go(source: str, output: Path) -> Path:
     workdir = output.parent / (output.name + ".src")
     workdir.mkdir(exist_ok=True)
     shutil.copy(PROGRAMS / source, workdir / "main.go")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GO111MODULE": "off",
+    env = {**os.environ, "CGO_ENABLED": "0", "GO111MODULE": "off",
            "GOCACHE": str(output.parent / "gocache"), "HOME": str(output.parent)}
     subprocess.run(["go", "build", "-o", str(output), "main.go"], cwd=workdir, env=env,
                    check=True, capture_output=True, timeout=600)

@@ -241,10 +241,9 @@ class Tracer:
                 self.tasks[child] = Task(child, tgid)
             self.resume(task)
         elif event == pt.PTRACE_EVENT_EXEC:
-            former = pt.event_message(tid)
+            # The exec'ing thread now has the thread-group id; every other thread is gone.
             for other in [t for t in self.tasks.values() if t.tgid == task.tgid and t.tid != tid]:
-                self._forget_task(other)  # exec ended the other threads
-            del former
+                self._forget_task(other)
             task.on_exit_stop, task.inject, task.restart = None, None, None
             self.resume(task)
         elif event == pt.PTRACE_EVENT_STOP:
