@@ -1,4 +1,5 @@
-// A static Go test server (CGO_ENABLED=0): accept COUNT connections on 127.0.0.1:PORT,
+// A static Go test server (CGO_ENABLED=0): accept COUNT connections on [HOST]:PORT
+// (HOST defaults to 127.0.0.1),
 // answer each line with "echo:" + line.
 package main
 
@@ -12,7 +13,11 @@ import (
 )
 
 func main() {
-	listener, err := net.Listen("tcp", "127.0.0.1:"+os.Args[1])
+	host := "127.0.0.1"
+	if len(os.Args) > 3 {
+		host = os.Args[3] // the acceptance tests listen on the facility's address
+	}
+	listener, err := net.Listen("tcp", net.JoinHostPort(host, os.Args[1]))
 	if err != nil {
 		fmt.Println("listen:", err)
 		os.Exit(1)
