@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from streams_trace import __version__
 from streams_trace.errors import EXIT_CODES
 
@@ -36,11 +38,18 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_demo_shows_the_tunnel_working() -> None:
-    result = run("demo")
-    assert result.returncode == 0, result.stderr
-    assert "SHA-256 matches" in result.stdout
-    assert result.stdout.strip().endswith("authenticated on each leg.")
+@pytest.mark.parametrize("mode", [[], ["--client-api"]], ids=["streams-run", "client-api"])
+def test_demo_shows_the_tunnel_working(mode: list[str]) -> None:
+    result = run("demo", *mode)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("with the LAN handshake on both legs.")
+    if not mode and "streams-run cannot run here" not in result.stderr:
+        # Both sides under streams-run: its -d line shows the redirected connect.
+        assert "under streams-run on the initiator side" in result.stdout
+        assert "-> initiator access point" in result.stdout
+        assert "matches the server's file" in result.stdout
+    else:
+        assert "received them intact" in result.stdout
 
 
 def test_debug_flag_shows_diagnostics_on_stderr_only(tmp_path) -> None:  # type: ignore
