@@ -40,7 +40,9 @@
 #include <unistd.h>
 
 #define PROGRAM "streams-splice"
+#ifndef PIPE_SIZE
 #define PIPE_SIZE (256 * 1024)
+#endif
 /* Bytes one direction may move per wake-up before other pairs get their turn. */
 #define FAIR_SHARE (4 * PIPE_SIZE)
 #define MAX_EVENTS 256
