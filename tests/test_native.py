@@ -196,3 +196,34 @@ def test_the_helper_holds_few_descriptors_and_little_memory_when_idle() -> None:
         assert rss_kib < 8 * 1024
     finally:
         pump.close()
+
+
+def test_a_helper_that_dies_ends_its_pairs_and_refuses_new_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pump = NativePump()
+    sockets = Sockets()
+    try:
+        done = Finished()
+        client, server = relayed(pump, sockets, done)
+        os.kill(pump.pid, signal.SIGKILL)
+        # The lost pair is reported as reset, and its ends see the helper's death.
+        assert done.wait() == (0, 0, True)
+        client.settimeout(10)
+        assert client.recv(10) == b""
+        assert pump.active == 0
+        # A pair handed over afterwards is reset at once, not left hanging.
+        late = Finished()
+        late_client, late_server = relayed(pump, sockets, late)
+        assert late.wait() == (0, 0, True)
+        late_client.settimeout(10)
+        with pytest.raises(ConnectionResetError):
+            late_client.recv(10)
+        for sock in (client, server, late_client, late_server):
+            sock.close()
+    finally:
+        pump.close()
+        sockets.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert "native pump: helper ended with 1 connections open" in messages
+    assert any(m.startswith("native pump: cannot hand over a connection") for m in messages)
