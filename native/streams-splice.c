@@ -171,7 +171,7 @@ static void close_pair(struct pair *p)
             struct linger linger = {.l_onoff = 1, .l_linger = 0};
             (void)setsockopt(p->fd[side], SOL_SOCKET, SO_LINGER, &linger, sizeof linger);
         }
-        close(p->fd[side]); /* also drops it from the epoll set */
+        close(p->fd[side]);
     }
     if (p->prev)
         p->prev->next = p->next;
@@ -363,34 +363,28 @@ static void add_pair(uint64_t id, int fds[2])
         refuse(id, fds, 2);
         return;
     }
-    for (int side = 0; side < 2; side++) {
-        int flags = fcntl(fds[side], F_GETFL);
-        fcntl(fds[side], F_SETFL, flags | O_NONBLOCK);
-        p->end[side] = (struct endpoint){.pair = p, .side = side, .events = 0, .registered = 1};
-        struct epoll_event ev = {.events = 0, .data.ptr = &p->end[side]};
-        if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fds[side], &ev) < 0) {
-            say("pair %llu refused: epoll: %s", (unsigned long long)id, strerror(errno));
-            p->end[side].registered = 0;
-            if (side == 0)
-                p->end[1].registered = 0;
-            p->reset = 1;
-            p->prev = NULL;
-            p->next = pairs;
-            if (pairs)
-                pairs->prev = p;
-            pairs = p;
-            close_pair(p);
-            return;
-        }
-    }
     p->next = pairs;
     if (pairs)
         pairs->prev = p;
     pairs = p;
+    for (int side = 0; side < 2; side++) {
+        int flags = fcntl(fds[side], F_GETFL);
+        fcntl(fds[side], F_SETFL, flags | O_NONBLOCK);
+        p->end[side] = (struct endpoint){.pair = p, .side = side};
+        struct epoll_event ev = {.events = 0, .data.ptr = &p->end[side]};
+        if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fds[side], &ev) < 0) {
+            say("pair %llu refused: epoll: %s", (unsigned long long)id, strerror(errno));
+            p->reset = 1;
+            close_pair(p);
+            return;
+        }
+        p->end[side].registered = 1;
+    }
     service(p, 0, 0);
 }
 
-/* Read one control message; 0 when the owner has gone (end of file). */
+/* Read one control message: 1 when one was handled, 2 when none is waiting, 0
+ * when the owner has gone (end of file). */
 static int read_control(void)
 {
     struct add_msg msg;
@@ -410,7 +404,7 @@ static int read_control(void)
         return 0;
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR)
-            return 1;
+            return 2;
         if (errno == ECONNRESET)
             return 0;
         say("control socket: %s", strerror(errno));
@@ -513,8 +507,14 @@ int main(int argc, char **argv)
         for (int i = 0; i < ready; i++) {
             struct endpoint *e = events[i].data.ptr;
             if (e == &control_end) {
-                if (!read_control())
-                    running = 0;
+                /* A burst of new pairs is taken in one go, a few at a time. */
+                for (int taken = 0; taken < 64 && running; taken++) {
+                    int result = read_control();
+                    if (result == 0)
+                        running = 0;
+                    else if (result == 2)
+                        break;
+                }
                 continue;
             }
             if (!e->pair->closed)
