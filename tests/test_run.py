@@ -1,5 +1,8 @@
 """streams-run against the real local gateway, with real programs on both sides.
 
+Every test runs twice, in the direct data path (the supervisor connects the program's
+own socket) and in the relay data path (loopback hops and a pump).
+
 Static programs (busybox from Debian's busybox-static, a musl-static C client, Go built
 with CGO_ENABLED=0) and dynamic ones (Python, a glibc C client, curl) resolve
 globus.<TUNNEL_ID> and connect through the tunnel; listening programs only ever see
@@ -148,6 +151,13 @@ pytestmark = pytest.mark.skipif(_PTRACE_PROBLEM is not None, reason=_PTRACE_PROB
 
 
 # -- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, params=["direct", "relay"])
+def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs in both data paths: streams-run reads $STREAMS_TRACE_DATA_PATH."""
+    monkeypatch.setenv("STREAMS_TRACE_DATA_PATH", request.param)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -634,6 +644,11 @@ class TinyNameserver:
         threading.Thread(target=serve, daemon=True).start()
 
     def close(self) -> None:
+        # Wake the serving thread first: a socket it still blocks on would keep port 53.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 

@@ -82,6 +82,11 @@ def intercept_ports(tunnel_id: str, environ: dict[str, str]) -> set[int]:
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               metavar="SECONDS",
               help="Give up a tunnel connect (TCP and LAN handshake) after SECONDS.")
+@click.option("--data-path", type=click.Choice(["auto", "direct", "relay"]), default="auto",
+              show_default=True, envvar="STREAMS_TRACE_DATA_PATH",
+              help="direct: connect the program's own socket (pidfd_getfd); relay: move its "
+                   "connect/bind to the supervisor and pump the bytes; auto: direct where "
+                   "pidfd_getfd works. Also $STREAMS_TRACE_DATA_PATH.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
 @click.argument("tunnel_id", metavar="TUNNEL_ID")
 @click.argument(
@@ -94,6 +99,7 @@ def run(
     config_dir: str | None,
     contacts: tuple[Contact, ...],
     timeout: float,
+    data_path: str,
     quiet: bool,
     tunnel_id: str,
     command: tuple[str, ...],
@@ -105,7 +111,7 @@ def run(
     if not command:
         _fail("no COMMAND given; usage: streams-run [OPTIONS] TUNNEL_ID [--] COMMAND [ARGS]...")
     try:
-        code = _run(tunnel_id, command, ports, config_dir, contacts, timeout, quiet)
+        code = _run(tunnel_id, command, ports, config_dir, contacts, timeout, quiet, data_path)
     except StreamsTraceError as exc:
         if debug:
             log.exception("details")
@@ -130,6 +136,7 @@ def _run(
     contacts: tuple[Contact, ...],
     timeout: float,
     quiet: bool,
+    data_path: str = "auto",
 ) -> int:
     from ..contact import ContactError, parse_tunnel_id
     from ..globus.lookup import current_conf
@@ -146,13 +153,34 @@ def _run(
     listen_ports = set(ports) | intercept_ports(tunnel_id, dict(os.environ))
     if tunnel.listener_contact_string is not None:
         listen_ports.add(tunnel.listener_contact_string.port)
+    from ..trace.probes import choose_data_path
+
+    chosen, why = choose_data_path(data_path)
+    log.debug("data path: %s (%s)", chosen, why)
+    if chosen == "relay":
+        log.debug("relay pump: %s", _pump_description())
     settings = Settings(
         tunnel=tunnel,
         contacts=[*contacts, *tunnel.globus_contacts],
         listen_ports=listen_ports,
         timeout=timeout,
+        data_path=chosen,
     )
     return run_session(list(command), settings, quiet=quiet)
+
+
+def _pump_description() -> str:
+    """Which pump relay mode will start, and why (the pump itself logs when it starts)."""
+    from ..relay import PUMP_ENV
+    from ..relay.native import helper_path
+
+    choice = (os.environ.get(PUMP_ENV) or "auto").strip().lower()
+    helper = helper_path()
+    if choice == "python":
+        return f"python-splice (asked for by {PUMP_ENV}=python)"
+    if helper is None:
+        return "python-splice (the native helper was not built: no C compiler at install time)"
+    return f"native-splice (helper {helper})"
 
 
 def main() -> None:

@@ -111,6 +111,11 @@ class Responder:
             loop.watch(sock, selectors.EVENT_READ, functools.partial(self._on_query, sock))
         self.answered = 0
         self.forwarded = 0
+        # Relay mode cannot learn a program socket's address (no pidfd_getfd), so each
+        # nameserver a program asks gets a socket of its own: what that socket does not
+        # answer goes to that nameserver.
+        self.dedicated: dict[tuple[int, SockAddr], socket.socket] = {}
+        self.nameserver_of_socket: dict[int, SockAddr] = {}
 
     def address_for(self, family: int, mapped: bool) -> tuple | None:
         """Where a program socket of ``family`` should send its queries, or None."""
@@ -123,6 +128,26 @@ class Responder:
         if family == socket.AF_INET6:
             return ("::ffff:" + host, port, 0, 0)
         return (host, port)
+
+    def address_for_nameserver(self, family: int, nameserver: SockAddr) -> SockAddr | None:
+        """A responder address (as the program's sockaddr) that forwards to ``nameserver``."""
+        own_family = socket.AF_INET6 if family == socket.AF_INET6 and not nameserver.mapped \
+            else socket.AF_INET
+        key = (own_family, nameserver)
+        sock = self.dedicated.get(key)
+        if sock is None:
+            sock = socket.socket(own_family, socket.SOCK_DGRAM)
+            try:
+                sock.bind(("::1" if own_family == socket.AF_INET6 else "127.0.0.1", 0))
+            except OSError:
+                sock.close()
+                return None
+            sock.setblocking(False)
+            self.dedicated[key] = sock
+            self.nameserver_of_socket[sock.fileno()] = nameserver
+            self.loop.watch(sock, selectors.EVENT_READ, functools.partial(self._on_query, sock))
+        host, port = sock.getsockname()[:2]
+        return SockAddr(family, str(host), int(port), mapped=family != own_family)
 
     def is_ours(self, query: bytes) -> bool:
         question = parse_question(query)
@@ -153,7 +178,8 @@ class Responder:
             self._forward(sock, query, client)
 
     def _forward(self, sock: socket.socket, query: bytes, client: tuple) -> None:
-        nameserver = self.nameserver_of.get(_client_key(client))
+        nameserver = self.nameserver_of.get(_client_key(client)) or \
+            self.nameserver_of_socket.get(sock.fileno())
         if nameserver is None:
             return
         family = socket.AF_INET6 if ":" in nameserver.host else socket.AF_INET
@@ -189,6 +215,6 @@ class Responder:
         timer = self.loop.call_at(time.monotonic() + FORWARD_TIMEOUT, done)
 
     def close(self) -> None:
-        for sock in self.sockets.values():
+        for sock in [*self.sockets.values(), *self.dedicated.values()]:
             self.loop.unwatch(sock)
             sock.close()

@@ -30,6 +30,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..conf import TunnelConf
 from ..contact import Contact, globus_name
@@ -40,6 +41,9 @@ from ..trace.sockaddr import SockAddr
 from .dns import Responder
 from .loop import Loop, Timer
 from .tracer import Task, Tracer
+
+if TYPE_CHECKING:
+    from .relay import Relay
 
 log = logging.getLogger("streams_trace.run")
 
@@ -56,6 +60,10 @@ class Settings:
     listen_ports: set[int] = field(default_factory=set)
     timeout: float = DEFAULT_TIMEOUT  # connect + handshake, per connection
     resolve_names: bool = True
+    # "direct": connect the program's own socket (pidfd_getfd); "relay": move its connect
+    # and bind to loopback ports of the supervisor and pump the bytes (see relay.py).
+    data_path: str = "direct"
+    pump: str | None = None  # relay mode's pump: None/"auto", "native" or "python"
 
 
 class PidfdGetfdMissing(OSError):
@@ -107,6 +115,12 @@ class Redirector:
         self.dns = Responder(loop, self.names) if settings.resolve_names and self.names else None
         self.redirected = 0
         self.refused = 0
+        self.relay: Relay | None = None
+        if settings.data_path == "relay":
+            from ..relay import best_pump
+            from .relay import Relay
+
+            self.relay = Relay(self, loop, lambda: best_pump(settings.pump))
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -127,10 +141,14 @@ class Redirector:
         pidfd = self.pidfds.pop(tgid, None)
         if pidfd is not None:
             os.close(pidfd)
+        if self.relay is not None:
+            self.relay.forget_process(tgid)
 
     def close(self) -> None:
         for tgid in list(self.pidfds):
             self.forget_process(tgid)
+        if self.relay is not None:
+            self.relay.close()
         if self.dns is not None:
             self.dns.close()
 
@@ -143,6 +161,8 @@ class Redirector:
 
     def take_socket(self, task: Task, fd: int) -> socket.socket:
         """The program's socket ``fd`` as a socket object of ours (the same open file)."""
+        if self.relay is not None:  # relay mode must work where pidfd_getfd does not
+            raise PidfdGetfdMissing(errno.EPERM, "relay mode does not take program sockets")
         pidfd = self.pidfds.get(task.tgid)
         if pidfd is None:
             pidfd = os.pidfd_open(task.tgid)
@@ -163,7 +183,7 @@ class Redirector:
             os.close(copy)
             raise
 
-    def _socket_inode(self, task: Task, fd: int) -> int:
+    def socket_inode(self, task: Task, fd: int) -> int:
         return os.stat(f"/proc/{task.tid}/fd/{fd}").st_ino
 
     # -- initiator side ----------------------------------------------------------------
@@ -175,11 +195,17 @@ class Redirector:
             self.tracer.resume(task)
             return
         if target.port == DNS_PORT and self.dns is not None:
-            self._redirect_dns(task, fd, target)
+            if self.relay is not None:
+                self.relay.redirect_dns_connect(task, target)
+            else:
+                self._redirect_dns(task, fd, target)
             return
         name = self.targets.get(target.key)
         if name is None or self.access_point is None:
             self.tracer.resume(task)
+            return
+        if self.relay is not None:
+            self.relay.connect(task, fd, target, name)
             return
         ConnectRedirect(self, task, fd, target, name).start()
 
@@ -215,6 +241,9 @@ class Redirector:
         if not self.dns.is_ours(query):
             self.tracer.resume(task)  # other names go to the real nameserver, untouched
             return
+        if self.relay is not None:
+            self.relay.redirect_dns_sendto(task, fd, nameserver)
+            return
         sock = self.take_socket(task, fd)
         try:
             responder = self.dns.address_for(sock.family, nameserver.mapped)
@@ -223,7 +252,7 @@ class Redirector:
                 return
             sock.sendto(query, responder)
             seen_as = _address_key(responder)
-            self.dns_sources[self._socket_inode(task, fd)] = (seen_as, nameserver)
+            self.dns_sources[self.socket_inode(task, fd)] = (seen_as, nameserver)
         finally:
             sock.close()
         log.debug("dns: query of process %d to %s answered by the tunnel's responder",
@@ -231,10 +260,10 @@ class Redirector:
         self.tracer.complete(task, length)
 
     def on_recvfrom(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
-        if not self.dns_sources or self._socket_inode(task, args[0]) not in self.dns_sources:
+        if not self.dns_sources or self.socket_inode(task, args[0]) not in self.dns_sources:
             self.tracer.resume(task)
             return
-        inode = self._socket_inode(task, args[0])
+        inode = self.socket_inode(task, args[0])
         self.tracer.run_to_exit(task, lambda info: self._received(task, inode, args, info))
 
     def _received(self, task: Task, inode: int, args: tuple[int, ...],
@@ -255,7 +284,10 @@ class Redirector:
         fd, address, length = args[0], args[1], args[2]
         local = self._read_sockaddr(task, address, length)
         if local is not None and local.is_ip and local.port in self.settings.listen_ports:
-            inode = self._socket_inode(task, fd)
+            if self.relay is not None:
+                self.relay.bind(task, fd, local)
+                return
+            inode = self.socket_inode(task, fd)
             if inode not in self.listeners:
                 self.listeners.add(inode)
                 log.debug("bind %s by process %d: its connections will be authenticated "
@@ -263,10 +295,17 @@ class Redirector:
         self.tracer.resume(task)
 
     def on_accept(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        if self.relay is not None:
+            if self.relay.listener_of_inode and \
+                    self.socket_inode(task, args[0]) in self.relay.listener_of_inode:
+                self.relay.accept(task, nr, args)
+            else:
+                self.tracer.resume(task)
+            return
         if not self.listeners or self.tunnel.secret is None:
             self.tracer.resume(task)
             return
-        if self._socket_inode(task, args[0]) not in self.listeners:
+        if self.socket_inode(task, args[0]) not in self.listeners:
             self.tracer.resume(task)
             return
         self.tracer.run_to_exit(task, lambda info: self._accepted(task, nr, args, info))

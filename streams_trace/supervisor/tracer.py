@@ -187,6 +187,34 @@ class Tracer:
         task.inject = "close-entry"
         self.resume(task)
 
+    def run_instead(self, task: Task, nr: int, args: tuple[int, ...],
+                    on_result: Callable[[int], None]) -> None:
+        """At a syscall entry: run ``nr(args)`` in the thread first, then its own syscall again.
+
+        ``on_result`` gets the injected syscall's result (-errno on error). The thread
+        then re-issues the syscall it was making, so the policy sees it stop once more
+        (relay mode maps its scratch memory this way).
+        """
+        regs = pt.get_registers(task.tid)
+        original = (archmod.syscall_number(regs), archmod.syscall_args(regs))
+        regs.orig_rax = nr
+        archmod.set_syscall_args(regs, args)
+        pt.set_registers(task.tid, regs)
+
+        def at_exit(info: pt.SyscallInfo) -> None:
+            on_result(int(info.rval))
+            try:
+                regs = pt.get_registers(task.tid)
+                archmod.rewind_to_syscall(regs, *original)
+                pt.set_registers(task.tid, regs)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+                return
+            self.resume(task)
+
+        self.run_to_exit(task, at_exit)
+
     def kill_process(self, task: Task, reason: str) -> None:
         log.error("%s", reason)
         if task.tgid == self.main_pid:
@@ -244,6 +272,8 @@ class Tracer:
             # The exec'ing thread now has the thread-group id; every other thread is gone.
             for other in [t for t in self.tasks.values() if t.tgid == task.tgid and t.tid != tid]:
                 self._forget_task(other)
+            if self.policy is not None:  # a new memory image: scratch memory is gone
+                self.policy.forget_process(task.tgid)
             task.on_exit_stop, task.inject, task.restart = None, None, None
             self.resume(task)
         elif event == pt.PTRACE_EVENT_STOP:

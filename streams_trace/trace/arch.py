@@ -34,6 +34,7 @@ X86_64 = Arch(
     syscall_instruction_length=2,  # "syscall" is 0f 05
     syscalls={
         "close": 3,
+        "mmap": 9,
         "socket": 41,
         "connect": 42,
         "accept": 43,
@@ -51,6 +52,7 @@ AARCH64 = Arch(
     syscalls={
         "close": 57,
         "socket": 198,
+        "mmap": 222,
         "bind": 200,
         "accept": 202,
         "connect": 203,

@@ -1,0 +1,611 @@
+"""Relay mode: the data path for kernels (or sites) where pidfd_getfd is missing or denied.
+
+The supervisor cannot touch the program's sockets, so it moves the program's
+syscalls instead, and a pump (the native splice helper, else the Python one)
+carries the bytes:
+
+- Initiator side: the supervisor connects to the access point and runs the
+  handshake while the program's thread is held in its connect; then the
+  connect runs with its address argument pointing at a PRIVATE copy of a
+  sockaddr (a loopback port of the supervisor, open for this one connect) in
+  scratch memory the supervisor mapped into the program. The program's own
+  buffer is never written, and the registers are put back when the syscall
+  returns. The accepted connection and the access point connection go to the
+  pump.
+- Listener side: the program's bind is moved (the same way) to a private
+  loopback port; the supervisor listens on the address the program asked for,
+  authenticates each connection from the access point, connects to the
+  private port and hands the pair to the pump. The program's accept on that
+  socket is checked: a connection that did not come from the supervisor is
+  closed inside the program and never seen.
+- Names: queries go to the DNS responder the same way (a private sockaddr).
+
+Scratch memory: one anonymous mapping per process (``mmap`` injected into the
+program the first time it needs one), cut into slots, one per syscall in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..handshake import Acceptor
+from ..trace import arch as archmod
+from ..trace import ptraceapi as pt
+from ..trace import sockaddr as sa_codec
+from ..trace.sockaddr import SockAddr
+from .loop import Loop, Timer
+from .redirect import ConnectRedirect, Operation, Redirector
+from .tracer import Task
+
+if TYPE_CHECKING:
+    from ..relay import Pump
+
+log = logging.getLogger("streams_trace.run")
+
+PROT_READ, PROT_WRITE = 0x1, 0x2
+MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
+SCRATCH_SIZE = 64 * 1024
+SLOT_SIZE = 128  # a sockaddr_storage
+ADDRLEN_OFFSET = 120  # where a slot keeps an accept's socklen_t
+PRIVATE_CONNECT_RETRY = 0.02  # the program may bind a moment before it listens
+DRAIN_TIMEOUT = 5.0  # at the end, how long relayed connections may take to finish
+
+
+class Scratch:
+    """Slots of supervisor-owned memory inside each traced process."""
+
+    def __init__(self) -> None:
+        self.free: dict[int, list[int]] = {}  # tgid -> free slot addresses
+
+    def has_slot(self, tgid: int) -> bool:
+        return bool(self.free.get(tgid))
+
+    def add_mapping(self, tgid: int, address: int) -> None:
+        slots = self.free.setdefault(tgid, [])
+        slots.extend(range(address, address + SCRATCH_SIZE, SLOT_SIZE))
+
+    def acquire(self, tgid: int) -> int:
+        return self.free[tgid].pop()
+
+    def release(self, tgid: int, slot: int) -> None:
+        if tgid in self.free:  # gone after an exec or exit: the mapping went with it
+            self.free[tgid].append(slot)
+
+    def forget(self, tgid: int) -> None:
+        self.free.pop(tgid, None)
+
+
+def loopback_for(address: SockAddr, port: int) -> SockAddr:
+    """A loopback sockaddr of the same kind as ``address`` (v4-mapped stays v4-mapped)."""
+    if address.family == socket.AF_INET6 and not address.mapped:
+        return SockAddr(socket.AF_INET6, "::1", port)
+    return SockAddr(address.family, "127.0.0.1", port, mapped=address.family == socket.AF_INET6)
+
+
+def own_socket_for(address: SockAddr) -> socket.socket:
+    """A supervisor socket that can listen on or connect to ``address``'s loopback twin."""
+    if address.family == socket.AF_INET6 and not address.mapped:
+        return socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+def python_tuple(address: SockAddr) -> tuple:
+    if address.family == socket.AF_INET6 and not address.mapped:
+        return (address.host, address.port, 0, 0)
+    return (address.host, address.port)
+
+
+class Relay:
+    """The relay-mode half of the policy; the Redirector hands it stopped syscalls."""
+
+    def __init__(self, owner: Redirector, loop: Loop, pump_factory: Callable[[], Pump]) -> None:
+        self.owner = owner
+        self.tracer = owner.tracer
+        self.loop = loop
+        self.scratch = Scratch()
+        self._pump_factory = pump_factory
+        self._pump: Pump | None = None
+        self.listeners: dict[tuple[int, str, int], TunnelListener] = {}
+        self.listener_of_inode: dict[int, TunnelListener] = {}
+        # Local addresses of the supervisor's connections to private ports: the only
+        # connections a relayed listening program may accept.
+        self.expected_peers: set[tuple[str, int]] = set()
+        self.relayed = 0
+
+    @property
+    def pump(self) -> Pump:
+        if self._pump is None:  # started on first use: `streams-run TUNNEL true` needs none
+            self._pump = self._pump_factory()
+            log.debug("relay: data pump %s carries relayed connections", self._pump.name)
+        return self._pump
+
+    def close(self) -> None:
+        for listener in list(self.listeners.values()):
+            listener.close()
+        if self._pump is not None:
+            # The program may have written its last bytes just before it ended: let the
+            # pump carry what the sockets still hold (pairs with a dead side end fast).
+            deadline = time.monotonic() + DRAIN_TIMEOUT
+            while self._pump.active and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self._pump.close()
+
+    def forget_process(self, tgid: int) -> None:
+        self.scratch.forget(tgid)
+        for key, listener in list(self.listeners.items()):
+            if listener.owner_tgid == tgid:
+                listener.close()
+                del self.listeners[key]
+
+    # -- scratch memory and private arguments --------------------------------------------
+
+    def ensure_scratch(self, task: Task) -> bool:
+        """True when a slot is free; else map scratch memory and re-run the syscall."""
+        if self.scratch.has_slot(task.tgid):
+            return True
+        arch = self.tracer.arch
+
+        def mapped(result: int) -> None:
+            if result < 0 and result > -4096:
+                log.error("relay: cannot map scratch memory in process %d: %s", task.tgid,
+                          os.strerror(-result))
+                self.tracer.kill_process(task, "streams-run could not prepare process "
+                                               f"{task.tgid} for relay mode")
+                return
+            self.scratch.add_mapping(task.tgid, result & 0xFFFFFFFFFFFFFFFF)
+
+        self.tracer.run_instead(
+            task, arch.number("mmap"),
+            (0, SCRATCH_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+             0xFFFFFFFFFFFFFFFF, 0),
+            mapped,
+        )
+        return False
+
+    def run_with_private(self, task: Task, data: bytes, replace: Callable[[int], dict[int, int]],
+                         on_exit: Callable[[pt.SyscallInfo, int], None]) -> None:
+        """Run the stopped syscall with some arguments pointing at ``data`` in a scratch slot.
+
+        ``replace(slot)`` gives {argument index: new value}; the arguments are put back
+        at the syscall's exit, then ``on_exit(info, slot)`` runs (and must resume the
+        thread); the slot is free again after it.
+        """
+        slot = self.scratch.acquire(task.tgid)
+        try:
+            pt.write_memory(task.tid, slot, data)
+            regs = pt.get_registers(task.tid)
+            saved = archmod.syscall_args(regs)
+            args = list(saved)
+            for index, value in replace(slot).items():
+                args[index] = value
+            archmod.set_syscall_args(regs, tuple(args))
+            pt.set_registers(task.tid, regs)
+        except OSError:
+            self.scratch.release(task.tgid, slot)
+            raise
+
+        def at_exit(info: pt.SyscallInfo) -> None:
+            try:
+                regs = pt.get_registers(task.tid)
+                archmod.set_syscall_args(regs, saved)
+                pt.set_registers(task.tid, regs)
+                on_exit(info, slot)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+            finally:
+                self.scratch.release(task.tgid, slot)
+
+        self.tracer.run_to_exit(task, at_exit)
+
+    # -- names -------------------------------------------------------------------------
+
+    def redirect_dns_connect(self, task: Task, nameserver: SockAddr) -> None:
+        dns = self.owner.dns
+        assert dns is not None
+        if not self.ensure_scratch(task):
+            return
+        responder = dns.address_for_nameserver(nameserver.family, nameserver)
+        if responder is None:
+            self.tracer.resume(task)
+            return
+        data = sa_codec.encode(responder)
+        log.debug("dns: queries of process %d to %s go through the tunnel's responder",
+                  task.tgid, nameserver)
+        self.run_with_private(task, data, lambda slot: {1: slot, 2: len(data)},
+                              lambda info, slot: self.tracer.resume(task))
+
+    def redirect_dns_sendto(self, task: Task, fd: int, nameserver: SockAddr) -> None:
+        dns = self.owner.dns
+        assert dns is not None
+        if not self.ensure_scratch(task):
+            return
+        responder = dns.address_for_nameserver(nameserver.family, nameserver)
+        if responder is None:
+            self.tracer.resume(task)
+            return
+        data = sa_codec.encode(responder)
+        self.owner.dns_sources[self.owner.socket_inode(task, fd)] = (responder.key, nameserver)
+        log.debug("dns: query of process %d to %s answered by the tunnel's responder",
+                  task.tgid, nameserver)
+        self.run_with_private(task, data, lambda slot: {4: slot, 5: len(data)},
+                              lambda info, slot: self.tracer.resume(task))
+
+    # -- initiator side ----------------------------------------------------------------
+
+    def connect(self, task: Task, fd: int, target: SockAddr, name: str) -> None:
+        if not self.ensure_scratch(task):
+            return
+        RelayConnect(self.owner, self, task, fd, target, name).start()
+
+    # -- listener side -----------------------------------------------------------------
+
+    def bind(self, task: Task, fd: int, local: SockAddr) -> None:
+        if not self.ensure_scratch(task):
+            return
+        key = (local.family, local.host, local.port)
+        listener = self.listeners.get(key)
+        created = listener is None
+        if listener is None:
+            try:
+                listener = TunnelListener(self, local, task.tgid)
+            except OSError as exc:  # the program's own bind would have failed the same way
+                self.tracer.complete(task, -(exc.errno or errno.EADDRINUSE))
+                return
+        # A private port: the kernel picks one, we give it back, the program binds it.
+        with own_socket_for(local) as probe:
+            probe.bind(python_tuple(loopback_for(local, 0)))
+            private = loopback_for(local, probe.getsockname()[1])
+        data = sa_codec.encode(private)
+        inode = self.owner.socket_inode(task, fd)
+
+        def bound(info: pt.SyscallInfo, slot: int) -> None:
+            assert listener is not None
+            if info.is_error or info.rval < 0:
+                if created:
+                    listener.close()
+                log.debug("bind %s by process %d: the private port %s failed: %s", local,
+                          task.tgid, private, os.strerror(-int(info.rval)))
+            else:
+                self.listeners[key] = listener
+                listener.private = private
+                self.listener_of_inode[inode] = listener
+                log.debug("bind %s by process %d: moved to the private port %s; the "
+                          "supervisor listens on %s and relays authenticated connections",
+                          local, task.tgid, private, local)
+            self.tracer.resume(task)
+
+        self.run_with_private(task, data, lambda slot: {1: slot, 2: len(data)}, bound)
+
+    def accept(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        """The program accepts on a relayed socket: let only the supervisor's connections in."""
+        if not self.ensure_scratch(task):
+            return
+        address_pointer, length_pointer = args[1], args[2]
+        data = bytes(ADDRLEN_OFFSET) + struct.pack("=I", ADDRLEN_OFFSET)
+
+        def accepted(info: pt.SyscallInfo, slot: int) -> None:
+            if info.is_error or info.rval < 0:
+                self.tracer.resume(task)
+                return
+            (length,) = struct.unpack("=I", pt.read_memory(task.tid, slot + ADDRLEN_OFFSET, 4))
+            raw = pt.read_memory(task.tid, slot, min(length, ADDRLEN_OFFSET))
+            if address_pointer and length_pointer:  # give the program what it asked for
+                (room,) = struct.unpack("=I", pt.read_memory(task.tid, length_pointer, 4))
+                pt.write_memory(task.tid, address_pointer, raw[:room])
+                pt.write_memory(task.tid, length_pointer, struct.pack("=I", length))
+            peer = sa_codec.decode(raw)
+            if peer is not None and peer.key in self.expected_peers:
+                self.expected_peers.discard(peer.key)
+                self.tracer.resume(task)
+                return
+            log.debug("accept fd %d of process %d: a connection from %s did not come "
+                      "through the supervisor; closed inside the program", int(info.rval),
+                      task.tgid, peer)
+            self.owner.refused += 1
+            self.tracer.close_and_restart(task, int(info.rval), nr, args)
+
+        self.run_with_private(
+            task, data, lambda slot: {1: slot, 2: slot + ADDRLEN_OFFSET}, accepted)
+
+
+class RelayConnect(ConnectRedirect):
+    """A program's connect: access point and handshake first, then a private loopback hop."""
+
+    def __init__(self, owner: Redirector, relay: Relay, task: Task, fd: int, target: SockAddr,
+                 name: str) -> None:
+        super().__init__(owner, task, fd, target, name)
+        self.relay = relay
+        self.entry: socket.socket | None = None  # the private loopback port for this connect
+        self.program_side: socket.socket | None = None
+        self.access_socket: socket.socket | None = None
+
+    def _take(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.access_point.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        self.sock = sock
+        self.timer = self.loop.call_at(self.deadline, self._on_timeout)
+        self.task.on_death.append(self._on_death)
+        return sock
+
+    def finish(self, result: int, outcome: str) -> None:
+        if self.finished:
+            return
+        if result != 0:
+            super().finish(result, outcome)
+            return
+        # Authenticated: keep the access point connection, let the program connect to us.
+        if self.sock is not None:
+            self.loop.unwatch(self.sock)
+        self.access_socket, self.sock = self.sock, None
+        self.finished = True
+        self._release()
+        self.task.on_death.append(self._on_death)  # until the program's connect returns
+        try:
+            self._enter_program(outcome)
+        except OSError as exc:
+            self._drop()
+            if exc.errno != errno.ESRCH:
+                raise
+
+    def _enter_program(self, outcome: str) -> None:
+        entry = own_socket_for(self.target)
+        self.entry = entry
+        entry.bind(python_tuple(loopback_for(self.target, 0)))
+        entry.listen(8)
+        entry.setblocking(False)
+        private = loopback_for(self.target, entry.getsockname()[1])
+        data = sa_codec.encode(private)
+
+        def returned(info: pt.SyscallInfo, slot: int) -> None:
+            if self._on_death in self.task.on_death:
+                self.task.on_death.remove(self._on_death)
+            result = int(info.rval)
+            if result not in (0, -errno.EINPROGRESS):
+                self._log(f"{outcome}, but the program's connect to the relay failed: "
+                          f"{os.strerror(-result)}")
+                self._drop()
+                self.owner.tracer.resume(self.task)
+                return
+            self.owner.tracer.resume(self.task)
+            self._accept_program(outcome)
+
+        self.relay.run_with_private(self.task, data, lambda slot: {1: slot, 2: len(data)},
+                                    returned)
+
+    def _accept_program(self, outcome: str) -> None:
+        assert self.entry is not None
+        entry = self.entry
+        timer: list[Timer] = []
+
+        def take() -> None:
+            try:
+                conn, _ = entry.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._log(f"{outcome}, but the relay lost the program's connection: {exc}")
+                self._drop()
+                return
+            # One connect, one connection: anything else queued is an intruder.
+            intruders = 0
+            while True:
+                try:
+                    extra, _ = entry.accept()
+                except OSError:
+                    break
+                extra.close()
+                intruders += 1
+            self.loop.unwatch(entry)
+            if timer:
+                timer[0].cancel()
+            entry.close()
+            self.entry = None
+            if intruders:
+                conn.close()
+                self._log(f"{outcome}, but {intruders} other connection(s) raced the program "
+                          "to its private relay port; all closed")
+                self._drop()
+                return
+            access = self.access_socket
+            assert access is not None
+            self.access_socket = None
+            conn.setblocking(False)
+            self.owner.redirected += 1
+            self.relay.relayed += 1
+            local = conn.getsockname()
+            self._log(f"{outcome}, relayed through {_text(local)}")
+            self.relay.pump.add(conn, access, self._pair_done)
+
+        def give_up() -> None:
+            self.loop.unwatch(entry)
+            self._log(f"{outcome}, but the program's connection never reached the relay")
+            self._drop()
+
+        self.loop.watch(entry, selectors.EVENT_READ, take)
+        timer.append(self.loop.call_at(max(self.deadline, time.monotonic() + 1), give_up))
+        take()
+
+    def _pair_done(self, to_access: int, to_program: int, reset: bool) -> None:
+        log.debug("relayed connection of process %d to %s ended: %d bytes out, %d in%s",
+                  self.task.tgid, self.name, to_access, to_program, ", reset" if reset else "")
+
+    def _drop(self) -> None:
+        for sock in (self.entry, self.access_socket):
+            if sock is not None:
+                self.loop.unwatch(sock)
+                sock.close()
+        self.entry = self.access_socket = None
+
+    def _on_death(self) -> None:
+        super()._on_death()
+        self._drop()
+
+    def _log(self, outcome: str) -> None:
+        log.debug("connect fd %d of process %d to %s (%s) -> initiator access point %s: "
+                  "%s in %s", self.fd, self.task.tgid, self.name, self.target,
+                  self.access_point, outcome, self.elapsed_ms())
+
+
+class TunnelListener:
+    """The supervisor's socket on the tunnel's listener address, in front of a private port."""
+
+    def __init__(self, relay: Relay, local: SockAddr, owner_tgid: int) -> None:
+        self.relay = relay
+        self.loop = relay.loop
+        self.local = local
+        self.owner_tgid = owner_tgid
+        self.private: SockAddr | None = None
+        sock = socket.socket(socket.AF_INET6 if local.family == socket.AF_INET6
+                             else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sa_codec.python_address(local, sock.family))
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.loop.watch(sock, selectors.EVENT_READ, self._on_connection)
+
+    def _on_connection(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    log.error("relay listener %s: out of file descriptors", self.local)
+                return
+            conn.setblocking(False)
+            ListenerRelay(self, conn, peer).start()
+
+    def close(self) -> None:
+        self.loop.unwatch(self.sock)
+        self.sock.close()
+
+
+class ListenerRelay(Operation):
+    """One connection from the access point: authenticate, connect the private port, pump."""
+
+    def __init__(self, listener: TunnelListener, conn: socket.socket, peer: tuple) -> None:
+        relay = listener.relay
+        super().__init__(relay.owner, Task(0, 0), conn.fileno())
+        self.listener = listener
+        self.relay = relay
+        self.sock = conn
+        self.peer = _text(peer)
+        self.inner: socket.socket | None = None
+        self.inner_timer: Timer | None = None
+
+    def start(self) -> None:
+        self.timer = self.loop.call_at(self.deadline, self._on_timeout)
+        secret = self.owner.tunnel.secret
+        if secret is None:
+            self.handshake_done(True, "accepted (no LAN secret)")
+            return
+        remaining = max(self.deadline - time.monotonic(), 0.001)
+        try:
+            self._start_handshake(Acceptor(secret, self.owner.tunnel.tunnel_id,
+                                           timeout=remaining))
+        except OSError as exc:
+            self.handshake_done(False, f"handshake failed: {exc.strerror or exc}")
+
+    def handshake_done(self, ok: bool, outcome: str) -> None:
+        if self.finished:
+            return
+        if not ok:
+            self.finished = True
+            if self.sock is not None:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._release()
+            self.owner.refused += 1
+            self._log(outcome + "; closed, the program never sees it")
+            return
+        if self.sock is not None:
+            self.loop.unwatch(self.sock)
+        self._connect_inner(outcome)
+
+    def _connect_inner(self, outcome: str) -> None:
+        private = self.listener.private
+        if private is None:
+            self._fail(outcome + ", but the program has no private port")
+            return
+        inner = own_socket_for(private)
+        inner.setblocking(False)
+        try:
+            inner.bind(python_tuple(loopback_for(private, 0)))
+            local = _key(inner.getsockname())
+            self.relay.expected_peers.add(local)
+            error = inner.connect_ex(python_tuple(private))
+        except OSError as exc:
+            inner.close()
+            self._fail(f"{outcome}, but the private port failed: {exc}")
+            return
+        if error not in (0, errno.EINPROGRESS):
+            self.relay.expected_peers.discard(local)
+            inner.close()
+            if error == errno.ECONNREFUSED and time.monotonic() + PRIVATE_CONNECT_RETRY \
+                    < self.deadline:
+                # Bound but not listening yet: try again shortly.
+                self.inner_timer = self.loop.call_at(time.monotonic() + PRIVATE_CONNECT_RETRY,
+                                                     lambda: self._connect_inner(outcome))
+                return
+            self._fail(f"{outcome}, but the program's private port {private} refused: "
+                       f"{os.strerror(error)}")
+            return
+        self.inner = inner
+        self.finished = True
+        conn = self.sock
+        self.sock = None
+        self._release()
+        assert conn is not None
+        self.owner.redirected += 1
+        self.relay.relayed += 1
+        self._log(f"{outcome}, relayed to the program at {private}")
+        self.relay.pump.add(conn, inner, self._pair_done)
+
+    def _fail(self, outcome: str) -> None:
+        self.finished = True
+        self.owner.refused += 1
+        self._release()
+        self._log(outcome)
+
+    def timed_out(self) -> None:
+        if self.inner_timer is not None:
+            self.inner_timer.cancel()
+        self.handshake_done(False, "handshake timed out")
+
+    def _pair_done(self, to_program: int, to_access: int, reset: bool) -> None:
+        log.debug("relayed connection from %s ended: %d bytes in, %d out%s", self.peer,
+                  to_program, to_access, ", reset" if reset else "")
+
+    def _log(self, outcome: str) -> None:
+        log.debug("accept fd %d of the relay on %s from %s: %s in %s", self.fd,
+                  self.listener.local, self.peer, outcome, self.elapsed_ms())
+
+
+def _key(address: tuple) -> tuple[str, int]:
+    host = str(address[0])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:") :]
+    return host, int(address[1])
+
+
+def _text(address: tuple) -> str:
+    host, port = _key(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
