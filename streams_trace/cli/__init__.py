@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "login": "streams_trace.cli.login:login",
     "logout": "streams_trace.cli.login:logout",
     "whoami": "streams_trace.cli.login:whoami",
+    "doctor": "streams_trace.cli.doctor:doctor",
 }
 
 log = logging.getLogger("streams_trace")
@@ -69,6 +70,7 @@ SUMMARIES = {
     "login": "Log in to Globus (prints a URL, reads the code).",
     "logout": "Revoke and forget this tool's Globus tokens.",
     "whoami": "Print the Globus identity you are logged in as.",
+    "doctor": "Check kernel features, data path and pump; a tunnel's conf and access point.",
 }
 
 

@@ -158,7 +158,9 @@ def _run(
     chosen, why = choose_data_path(data_path)
     log.debug("data path: %s (%s)", chosen, why)
     if chosen == "relay":
-        log.debug("relay pump: %s", _pump_description())
+        from ..doctor import pump_choice
+
+        log.debug("relay pump: %s (%s)", *pump_choice())
     settings = Settings(
         tunnel=tunnel,
         contacts=[*contacts, *tunnel.globus_contacts],
@@ -167,20 +169,6 @@ def _run(
         data_path=chosen,
     )
     return run_session(list(command), settings, quiet=quiet)
-
-
-def _pump_description() -> str:
-    """Which pump relay mode will start, and why (the pump itself logs when it starts)."""
-    from ..relay import PUMP_ENV
-    from ..relay.native import helper_path
-
-    choice = (os.environ.get(PUMP_ENV) or "auto").strip().lower()
-    helper = helper_path()
-    if choice == "python":
-        return f"python-splice (asked for by {PUMP_ENV}=python)"
-    if helper is None:
-        return "python-splice (the native helper was not built: no C compiler at install time)"
-    return f"native-splice (helper {helper})"
 
 
 def main() -> None:
