@@ -1,0 +1,246 @@
+"""What only the relay data path of streams-run does, against the real local gateway.
+
+The whole streams-run suite (test_run.py) already runs in both data paths; these
+tests cover the relay's own parts: the program's sockaddr buffer is left alone
+(it is read-only here), an intruder on the private port never reaches a
+listening program, killing the supervisor ends the pump helper, and the
+supervisor keeps no file descriptor after many relayed connections.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams_trace import conf as confmod
+from streams_trace.handshake import Connector
+from streams_trace.lan import handshake_blocking
+
+from .conftest import Gateway, start_gateway
+from .test_run import (
+    _PTRACE_PROBLEM,
+    PROGRAMS,
+    STREAMS_RUN,
+    EchoListener,
+    build_c,
+    fake_contact,
+    finish,
+    listener_program,
+    streams_run,
+)
+
+pytestmark = pytest.mark.skipif(_PTRACE_PROBLEM is not None, reason=_PTRACE_PROBLEM or "")
+RELAY = ("--data-path", "relay")
+
+# Connects with its sockaddr in a read-only page, and checks the buffer afterwards.
+READONLY_CLIENT = r"""
+#include <netdb.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct addrinfo hints = {0}, *result;
+    hints.ai_family = AF_INET; hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(argv[1], argv[2], &hints, &result)) { puts("resolve failed"); return 2; }
+    unsigned char *page = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memcpy(page, result->ai_addr, result->ai_addrlen);
+    unsigned char before[128];
+    memcpy(before, page, result->ai_addrlen);
+    mprotect(page, 4096, PROT_READ);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)page, result->ai_addrlen) != 0) {
+        perror("connect");
+        return 1;
+    }
+    printf("buffer %s\n", memcmp(before, page, result->ai_addrlen) ? "CHANGED" : "untouched");
+    write(fd, "hello ro\n", 9);
+    char reply[64] = {0};
+    read(fd, reply, sizeof reply - 1);
+    printf("%s", reply);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    running = start_gateway(tmp_path_factory.mktemp("gateway"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def echo(tunnel: Gateway) -> Iterator[EchoListener]:
+    listener = EchoListener(tunnel.tunnel_id, tunnel.listener_dir)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_the_programs_read_only_sockaddr_is_left_alone(tunnel: Gateway, echo: EchoListener,
+                                                       tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    source = tmp_path / "ro.c"
+    source.write_text(READONLY_CLIENT)
+    program = tmp_path / "ro"
+    subprocess.run(["gcc", "-O2", "-o", str(program), str(source)], check=True)
+    name, port = fake_contact(tunnel)
+    code, out, err = finish(streams_run(tunnel.initiator_dir, tunnel.tunnel_id, str(program),
+                                        name, port, options=(*RELAY, "-d")))
+    assert (code, out) == (0, "buffer untouched\necho:hello ro\n"), err
+    assert "relayed through 127.0.0.1:" in err
+
+
+@pytest.mark.parametrize("pump", ["native", "python"])
+def test_both_pumps_carry_relayed_connections(tunnel: Gateway, echo: EchoListener,
+                                              tmp_path: Path, pump: str) -> None:
+    from streams_trace.relay.native import helper_path
+
+    if pump == "native" and helper_path() is None:
+        pytest.skip("the native helper is not built (no C compiler at install time)")
+    client = build_c(tmp_path / "client", static_musl=False)
+    name, port = fake_contact(tunnel)
+    code, out, err = finish(streams_run(
+        tunnel.initiator_dir, tunnel.tunnel_id, str(client), "-t", "4", "-c", "10", name, port,
+        options=(*RELAY, "-d"), env={"STREAMS_TRACE_PUMP": pump}))
+    assert code == 0 and out.endswith("ok 40\n"), err[-2000:]
+    assert f"data pump: {pump}-splice" in err
+
+
+def test_an_intruder_on_the_private_port_never_reaches_the_program(tunnel: Gateway) -> None:
+    server = listener_program(tunnel, sys.executable, str(PROGRAMS / "echo_server.py"),
+                              str(tunnel.listener_port), "1", options=(*RELAY, "-d"))
+    # The supervisor says where it moved the bind; -d goes to stderr, read it as it comes.
+    assert server.stderr is not None
+    private = None
+    deadline = time.monotonic() + 15
+    while private is None and time.monotonic() < deadline:
+        line = server.stderr.readline()
+        match = re.search(r"moved to the private port 127\.0\.0\.1:(\d+)", line)
+        if match:
+            private = int(match.group(1))
+    assert private is not None
+    # Straight to the private port, past the supervisor: the program must not serve it.
+    with socket.create_connection(("127.0.0.1", private), timeout=10) as intruder:
+        intruder.sendall(b"intruder\n")
+        intruder.settimeout(10)
+        try:  # closed inside the program, unanswered (a reset: its line was never read)
+            assert intruder.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    secret = confmod.load(tunnel.tunnel_id, tunnel.listener_dir).secret
+    assert secret is not None
+    with socket.create_connection(tunnel.listener_address, timeout=10) as good:
+        handshake_blocking(good, Connector(secret, tunnel.tunnel_id, timeout=5))
+        good.sendall(b"good\n")
+        good.shutdown(socket.SHUT_WR)
+        good.settimeout(10)
+        assert good.recv(100) == b"echo:good\n"
+    code, out, err = finish(server)
+    assert (code, out) == (0, "served 1\n"), err
+    assert "did not come through the supervisor" in err
+
+
+def test_killing_the_supervisor_ends_the_helper_and_the_program(tunnel: Gateway,
+                                                                echo: EchoListener) -> None:
+    from streams_trace.relay.native import helper_path
+
+    if helper_path() is None:
+        pytest.skip("the native helper is not built (no C compiler at install time)")
+    name, port = fake_contact(tunnel)
+    program = ("import socket, sys, time\n"
+               f"s = socket.create_connection(({name!r}, {port}))\n"
+               "print('connected', flush=True)\n"
+               "time.sleep(60)\n")
+    supervisor = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, sys.executable, "-c",
+                             program, options=RELAY)
+    assert supervisor.stdout is not None
+    assert supervisor.stdout.readline() == "connected\n"
+    deadline = time.monotonic() + 10
+    helpers: list[int] = []
+    while not helpers and time.monotonic() < deadline:  # the pump starts with its first pair
+        children = _children(supervisor.pid)
+        helpers = [pid for pid in children
+                   if Path(f"/proc/{pid}/comm").read_text().strip() == "streams-splice"]
+        time.sleep(0.02)
+    programs = [pid for pid in children if pid not in helpers]
+    assert len(helpers) == 1 and programs, children
+    os.kill(supervisor.pid, signal.SIGKILL)
+    supervisor.communicate(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            Path(f"/proc/{pid}").exists() for pid in helpers + programs):
+        time.sleep(0.05)
+    # Orphans are reaped by init (or a subreaper); a zombie counts as ended.
+    for pid in helpers + programs:
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split(")")[1].split()[0] == "Z", pid
+
+
+def test_no_descriptor_left_after_many_relayed_connections(tunnel: Gateway, echo: EchoListener,
+                                                           tmp_path: Path) -> None:
+    client = build_c(tmp_path / "client", static_musl=False)
+    name, port = fake_contact(tunnel)
+    script = (f"{client} {name} {port} && echo first && read x && "
+              f"{client} -t 16 -c 40 {name} {port} && echo second && read y")
+    supervisor = subprocess.Popen(
+        [*STREAMS_RUN, "--config-dir",
+         str(tunnel.initiator_dir), *RELAY, tunnel.tunnel_id, "sh", "-c", script],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert supervisor.stdout is not None and supervisor.stdin is not None
+    try:
+        assert supervisor.stdout.readline() == "echo:hello 0\n"
+        assert supervisor.stdout.readline() == "ok 1\n"
+        assert supervisor.stdout.readline() == "first\n"
+
+        def settled() -> tuple[int, dict[int, int]]:
+            """Descriptor counts of the supervisor and its helper once pairs have ended."""
+            time.sleep(0.3)
+            helpers = [pid for pid in _children(supervisor.pid)
+                       if Path(f"/proc/{pid}/comm").read_text().strip() == "streams-splice"]
+            return _fd_count(supervisor.pid), {pid: _fd_count(pid) for pid in helpers}
+
+        baseline = settled()
+        supervisor.stdin.write("go\n")
+        supervisor.stdin.flush()
+        assert supervisor.stdout.readline().startswith("echo:hello")
+        assert supervisor.stdout.readline() == "ok 640\n"
+        assert supervisor.stdout.readline() == "second\n"
+        deadline = time.monotonic() + 10
+        after = settled()
+        while after != baseline and time.monotonic() < deadline:
+            after = settled()
+        assert after == baseline
+        supervisor.stdin.write("done\n")
+        supervisor.stdin.flush()
+        code, _, err = finish(supervisor)  # type: ignore[arg-type]
+        assert code == 0, err[-2000:]
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.communicate()
