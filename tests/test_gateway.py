@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -59,6 +61,21 @@ def results(process: subprocess.Popen[str],
     out, err = process.communicate(timeout=timeout)
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return process.returncode, rows, err
+
+
+def wait_for_line(stream: IO[str], text: str, timeout: float) -> str:
+    """The first line of ``stream`` that contains ``text``, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        line = stream.readline()
+        if not line:
+            break
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r} within {timeout} s")
 
 
 def copy_conf_with_secret(source_dir: Path, tunnel_id: str, target: Path, secret: str) -> Path:
@@ -187,10 +204,13 @@ def test_wrong_secret_on_the_listener_leg_never_reaches_the_program(gateway: Gat
         answer = b""
     assert answer == b""
     sock.close()
+    # The client may see the end before the program has logged its refusal: wait for it.
+    assert server.stderr is not None
+    refusal = wait_for_line(server.stderr, "refused a connection", timeout=20)
     server.send_signal(signal.SIGTERM)
-    out, err = server.communicate(timeout=10)
+    out, _ = server.communicate(timeout=10)
     assert out == ""  # the program's accept never returned
-    assert "refused a connection" in err
+    assert "peer refused the handshake" in refusal
     assert "listener AP: connection from" in gateway.stop()
 
 
