@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import logging
 import os
 import signal
 import socket
@@ -201,6 +202,10 @@ def test_the_helper_holds_few_descriptors_and_little_memory_when_idle() -> None:
 def test_a_helper_that_dies_ends_its_pairs_and_refuses_new_ones(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # Listen on the module's own logger: an in-process CLI test may have stopped
+    # "streams_trace" records from propagating to the root logger caplog watches.
+    native_log = logging.getLogger("streams_trace.relay.native")
+    native_log.addHandler(caplog.handler)
     pump = NativePump()
     sockets = Sockets()
     try:
@@ -224,6 +229,7 @@ def test_a_helper_that_dies_ends_its_pairs_and_refuses_new_ones(
     finally:
         pump.close()
         sockets.close()
+        native_log.removeHandler(caplog.handler)
     messages = [record.getMessage() for record in caplog.records]
     assert "native pump: helper ended with 1 connections open" in messages
     assert any(m.startswith("native pump: cannot hand over a connection") for m in messages)
