@@ -79,7 +79,6 @@ class NativePump:
             target=self._read_reports, name="splice-helper", daemon=True
         )
         self._reader.start()
-        log.debug("native pump: helper %s running as pid %d", helper, self.process.pid)
 
     @property
     def pid(self) -> int:
