@@ -25,6 +25,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def ptrace_problem() -> str | None:
+    """Why this process cannot trace a child here, or None when it can."""
+    from streams_trace.trace.probes import ptrace_permitted
+
+    probe = ptrace_permitted()
+    return None if probe.ok else f"ptrace does not work here ({probe.detail}); streams-run needs it"
+
+
 def streams_trace_command(*args: str) -> list[str]:
     """Run the CLI of this checkout with this interpreter."""
     return [sys.executable, "-m", "streams_trace", *args]

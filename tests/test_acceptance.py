@@ -23,9 +23,9 @@ import pytest
 
 from streams_trace import conf
 
-from .conftest import REPO, streams_trace_command
+from .conftest import REPO, ptrace_problem, streams_trace_command
 from .netns import Network, three_hosts
-from .test_run import PROGRAMS, STREAMS_RUN, build_c, build_go, busybox, ptrace_problem
+from .test_run import PROGRAMS, STREAMS_RUN, build_c, build_go, busybox
 
 PEERS = str(Path(__file__).with_name("peers.py"))
 ACCEPTANCE = Path(__file__).with_name("acceptance")
@@ -65,6 +65,7 @@ class Tunnel:
     initiator_dir: Path
     listener_dir: Path
     gateway: subprocess.Popen[str]
+    data_path: str = "auto"  # streams-run's --data-path for the programs of a test
 
     @property
     def contact(self) -> tuple[str, str]:
@@ -77,8 +78,8 @@ class Tunnel:
         """A listening program under streams-run in facility, once it listens."""
         process = self.net.popen(
             self.net.facility,
-            [*STREAMS_RUN, "--config-dir", str(self.listener_dir), *options, self.tunnel_id,
-             *command],
+            [*STREAMS_RUN, "--config-dir", str(self.listener_dir), "--data-path",
+             self.data_path, *options, self.tunnel_id, *command],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=cwd or REPO)
         if ready is not None:
@@ -106,8 +107,8 @@ class Tunnel:
         """A program under streams-run in compute, to its end."""
         return self.net.run(
             self.net.compute,
-            [*STREAMS_RUN, "--config-dir", str(self.initiator_dir), *options, self.tunnel_id,
-             *command],
+            [*STREAMS_RUN, "--config-dir", str(self.initiator_dir), "--data-path",
+             self.data_path, *options, self.tunnel_id, *command],
             input=input, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -139,6 +140,14 @@ def tunnel(network: Network, tmp_path: Path) -> Iterator[Tunnel]:
         yield Tunnel(network, tunnel_id, initiator_dir, listener_dir, gateway)
     finally:
         stop(gateway)
+
+
+@pytest.fixture(params=["direct", "relay"])
+def traced(request: pytest.FixtureRequest, tunnel: Tunnel) -> Tunnel:
+    """The tunnel, with programs under streams-run in one data path (every scenario, both)."""
+    needs_ptrace()
+    tunnel.data_path = request.param
+    return tunnel
 
 
 @pytest.fixture
@@ -219,13 +228,12 @@ def tiled_data(tmp_path: Path) -> Path:
     return path
 
 
-def test_tiled_over_http_through_the_globus_name(tunnel: Tunnel, tiled_data: Path) -> None:
-    needs_ptrace()
-    server = tunnel.server(sys.executable, str(ACCEPTANCE / "tiled_server.py"), "0.0.0.0",
+def test_tiled_over_http_through_the_globus_name(traced: Tunnel, tiled_data: Path) -> None:
+    server = traced.server(sys.executable, str(ACCEPTANCE / "tiled_server.py"), "0.0.0.0",
                            str(FACILITY_PORT), str(tiled_data))
     try:
-        name, port = tunnel.contact
-        result = tunnel.client(sys.executable, str(ACCEPTANCE / "tiled_client.py"),
+        name, port = traced.contact
+        result = traced.client(sys.executable, str(ACCEPTANCE / "tiled_client.py"),
                                f"http://{name}:{port}", str(tiled_data))
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.splitlines() == ["array ok", "table ok"]
@@ -233,16 +241,15 @@ def test_tiled_over_http_through_the_globus_name(tunnel: Tunnel, tiled_data: Pat
         stop(server)
 
 
-def test_tiled_over_https_with_a_globus_contact(tunnel: Tunnel, tiled_data: Path,
+def test_tiled_over_https_with_a_globus_contact(traced: Tunnel, tiled_data: Path,
                                                 certificate: tuple[Path, Path]) -> None:
-    needs_ptrace()
     ca_pem, server_pem = certificate
-    server = tunnel.server(sys.executable, str(ACCEPTANCE / "tiled_server.py"), "0.0.0.0",
+    server = traced.server(sys.executable, str(ACCEPTANCE / "tiled_server.py"), "0.0.0.0",
                            str(FACILITY_PORT), str(tiled_data), str(server_pem),
                            str(server_pem))
     try:
         # The client uses the server's real name, so its certificate checks out.
-        result = tunnel.client(sys.executable, str(ACCEPTANCE / "tiled_client.py"),
+        result = traced.client(sys.executable, str(ACCEPTANCE / "tiled_client.py"),
                                f"https://{SERVER_NAME}:{FACILITY_PORT}", str(tiled_data),
                                str(ca_pem),
                                options=("--globus-contact", f"{SERVER_NAME}:{FACILITY_PORT}"))
@@ -255,30 +262,29 @@ def test_tiled_over_https_with_a_globus_contact(tunnel: Tunnel, tiled_data: Path
 # -- 2. curl ----------------------------------------------------------------------------------
 
 
-def test_curl_http_and_https(tunnel: Tunnel, tmp_path: Path,
+def test_curl_http_and_https(traced: Tunnel, tmp_path: Path,
                              certificate: tuple[Path, Path]) -> None:
-    needs_ptrace()
     needs_command("curl", "curl")
     ca_pem, server_pem = certificate
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "hello.txt").write_text("hello from the facility\n")
-    name, port = tunnel.contact
+    name, port = traced.contact
 
-    plain = tunnel.server(sys.executable, "-m", "http.server", "--bind", "0.0.0.0",
+    plain = traced.server(sys.executable, "-m", "http.server", "--bind", "0.0.0.0",
                           str(FACILITY_PORT), "--directory", str(tmp_path / "www"))
     try:
-        result = tunnel.client("curl", "-sS", "--max-time", "30",
+        result = traced.client("curl", "-sS", "--max-time", "30",
                                f"http://{name}:{port}/hello.txt")
         assert (result.returncode, result.stdout) == (0, "hello from the facility\n"), \
             result.stderr
     finally:
         stop(plain)
 
-    secure = tunnel.server(sys.executable, str(ACCEPTANCE / "https_server.py"), "0.0.0.0",
+    secure = traced.server(sys.executable, str(ACCEPTANCE / "https_server.py"), "0.0.0.0",
                            str(FACILITY_PORT), str(tmp_path / "www"), str(server_pem),
                            ready="listening")
     try:
-        result = tunnel.client("curl", "-sS", "--max-time", "30", "--cacert", str(ca_pem),
+        result = traced.client("curl", "-sS", "--max-time", "30", "--cacert", str(ca_pem),
                                f"https://{SERVER_NAME}:{FACILITY_PORT}/hello.txt",
                                options=("--globus-contact", f"{SERVER_NAME}:{FACILITY_PORT}"))
         assert (result.returncode, result.stdout) == (0, "hello from the facility\n"), \
@@ -290,32 +296,30 @@ def test_curl_http_and_https(tunnel: Tunnel, tmp_path: Path,
 # -- 3. busybox, static on both sides -----------------------------------------------------------
 
 
-def test_busybox_wget_against_busybox_httpd(tunnel: Tunnel, tmp_path: Path) -> None:
-    needs_ptrace()
+def test_busybox_wget_against_busybox_httpd(traced: Tunnel, tmp_path: Path) -> None:
     box = busybox()
     (tmp_path / "index.html").write_text("static on both sides\n")
-    server = tunnel.server(box, "httpd", "-f", "-p", f"0.0.0.0:{FACILITY_PORT}", "-h",
+    server = traced.server(box, "httpd", "-f", "-p", f"0.0.0.0:{FACILITY_PORT}", "-h",
                            str(tmp_path))
     try:
-        name, port = tunnel.contact
-        result = tunnel.client(box, "wget", "-q", "-O", "-", f"http://{name}:{port}/index.html")
+        name, port = traced.contact
+        result = traced.client(box, "wget", "-q", "-O", "-", f"http://{name}:{port}/index.html")
         assert (result.returncode, result.stdout) == (0, "static on both sides\n"), \
             result.stderr
     finally:
         stop(server)
 
 
-def test_busybox_nc_both_ways(tunnel: Tunnel) -> None:
-    needs_ptrace()
+def test_busybox_nc_both_ways(traced: Tunnel) -> None:
     box = busybox()
-    server = tunnel.server(box, "nc", "-l", "-p", str(FACILITY_PORT))
+    server = traced.server(box, "nc", "-l", "-p", str(FACILITY_PORT))
     try:
         assert server.stdin is not None
         server.stdin.write("from the facility\n")
         server.stdin.close()  # nc -l sends this, then ends at the client's EOF
         server.stdin = None  # closed by hand: communicate() must not touch it
-        name, port = tunnel.contact
-        result = tunnel.client(box, "nc", "-w", "5", name, port, input="from compute\n")
+        name, port = traced.contact
+        result = traced.client(box, "nc", "-w", "5", name, port, input="from compute\n")
         out, _ = server.communicate(timeout=30)
         assert out == "from compute\n"
         assert result.stdout == "from the facility\n", result.stderr
@@ -326,16 +330,15 @@ def test_busybox_nc_both_ways(tunnel: Tunnel) -> None:
 # -- 4. Go, 5. musl -----------------------------------------------------------------------------
 
 
-def test_go_client_and_go_server(tunnel: Tunnel, tmp_path: Path) -> None:
-    needs_ptrace()
+def test_go_client_and_go_server(traced: Tunnel, tmp_path: Path) -> None:
     server_binary = build_go("server.go", tmp_path / "server-go")
     client_binary = build_go("client.go", tmp_path / "client-go")
-    server = tunnel.server(str(server_binary), str(FACILITY_PORT), "2", "0.0.0.0",
+    server = traced.server(str(server_binary), str(FACILITY_PORT), "2", "0.0.0.0",
                            ready="listening")
     try:
-        name, port = tunnel.contact
+        name, port = traced.contact
         for _ in range(2):
-            result = tunnel.client(str(client_binary), name, port)
+            result = traced.client(str(client_binary), name, port)
             assert (result.returncode, result.stdout) == (0, "echo:hello go\n"), result.stderr
         out, err = server.communicate(timeout=30)
         assert (server.returncode, out) == (0, "served 2\n"), err
@@ -343,14 +346,13 @@ def test_go_client_and_go_server(tunnel: Tunnel, tmp_path: Path) -> None:
         stop(server)
 
 
-def test_musl_static_c_client(tunnel: Tunnel, tmp_path: Path) -> None:
-    needs_ptrace()
+def test_musl_static_c_client(traced: Tunnel, tmp_path: Path) -> None:
     client_binary = build_c(tmp_path / "client-musl", static_musl=True)
-    server = tunnel.server(sys.executable, str(PROGRAMS / "echo_server.py"),
+    server = traced.server(sys.executable, str(PROGRAMS / "echo_server.py"),
                            str(FACILITY_PORT), "4", "0.0.0.0", ready="listening")
     try:
-        name, port = tunnel.contact
-        result = tunnel.client(str(client_binary), "-t", "2", "-c", "2", name, port)
+        name, port = traced.contact
+        result = traced.client(str(client_binary), "-t", "2", "-c", "2", name, port)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.splitlines()[-1] == "ok 4"
     finally:
@@ -361,15 +363,14 @@ def test_musl_static_c_client(tunnel: Tunnel, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("direction", ["upload", "download"])
-def test_iperf3_both_directions(tunnel: Tunnel, direction: str,
+def test_iperf3_both_directions(traced: Tunnel, direction: str,
                                 record_property: pytest.RecordProperty) -> None:
-    needs_ptrace()
     iperf3 = needs_command("iperf3", "iperf3")
-    server = tunnel.server(iperf3, "-s", "-1", "-p", str(FACILITY_PORT))
+    server = traced.server(iperf3, "-s", "-1", "-p", str(FACILITY_PORT))
     try:
-        name, port = tunnel.contact
+        name, port = traced.contact
         reverse = ["-R"] if direction == "download" else []
-        result = tunnel.client(iperf3, "-c", name, "-p", port, "-t", "3", "-J", *reverse)
+        result = traced.client(iperf3, "-c", name, "-p", port, "-t", "3", "-J", *reverse)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr
         report = json.loads(result.stdout)
         bits = report["end"]["sum_received"]["bits_per_second"]
@@ -384,10 +385,9 @@ def test_iperf3_both_directions(tunnel: Tunnel, direction: str,
 
 
 def test_unauthenticated_connection_from_the_dtn_never_reaches_the_server(
-        tunnel: Tunnel) -> None:
-    needs_ptrace()
-    net = tunnel.net
-    server = tunnel.server(sys.executable, str(PROGRAMS / "echo_server.py"),
+        traced: Tunnel) -> None:
+    net = traced.net
+    server = traced.server(sys.executable, str(PROGRAMS / "echo_server.py"),
                            str(FACILITY_PORT), "1", "0.0.0.0", ready="listening")
     try:
         probe = python_in(net, net.dtn, (
@@ -396,9 +396,9 @@ def test_unauthenticated_connection_from_the_dtn_never_reaches_the_server(
             "s.sendall(b'intruder\\n')\n"
             "print(s.recv(100)[:6].hex())"))
         assert probe.stdout.strip() == b"GSLH\x01\x05".hex(), probe.stderr  # REJECT, closed
-        # The server still waits for its one connection: a genuine one through the tunnel.
-        name, port = tunnel.contact
-        result = tunnel.client(sys.executable, str(PROGRAMS / "echo_client.py"), name, port)
+        # The server still waits for its one connection: a genuine one through the traced.
+        name, port = traced.contact
+        result = traced.client(sys.executable, str(PROGRAMS / "echo_client.py"), name, port)
         assert result.stdout == "echo:hello python\n", result.stderr
         out, err = server.communicate(timeout=30)
         # It served exactly one connection, and that one answered the genuine client.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from streams_trace.errors import NetworkError
 from streams_trace.globus.errors import GlobusTunnelError
 from streams_trace.globus.lookup import current_conf, needs_lookup
 
-from .conftest import REPO, Gateway, start_gateway
+from .conftest import REPO, Gateway, ptrace_problem, start_gateway
 from .test_environment import (
     INITIATOR_ENDPOINT,
     INITIATOR_SECRET,
@@ -217,24 +216,6 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as co
     conn.sendall(b"hello through globus\\n")
     print(conn.makefile("rb").readline().decode(), end="")
 """
-
-
-def ptrace_problem() -> str | None:
-    """Why this process cannot trace a child here, or None when it can."""
-    from streams_trace.trace import ptraceapi
-
-    pid = os.fork()
-    if pid == 0:
-        signal.pause()
-        os._exit(0)
-    try:
-        ptraceapi.seize(pid, 0)
-    except OSError as exc:
-        return f"ptrace is not permitted here ({exc.strerror}); streams-run needs it"
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return None
 
 
 def test_confs_written_by_initialize_work_unchanged_with_streams_run(

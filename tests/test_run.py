@@ -31,29 +31,11 @@ from streams_trace.contact import parse_contact
 from streams_trace.handshake import Connector
 from streams_trace.lan import HandshakeError, handshake_blocking
 
-from .conftest import Gateway, free_port, start_gateway
+from .conftest import Gateway, free_port, ptrace_problem, start_gateway
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = REPO / "tests" / "programs"
 STREAMS_RUN = [sys.executable, "-c", "from streams_trace.cli.run import main; main()"]
-
-
-def ptrace_problem() -> str | None:
-    """Why this process cannot trace a child here, or None when it can."""
-    from streams_trace.trace import ptraceapi
-
-    pid = os.fork()
-    if pid == 0:
-        signal.pause()
-        os._exit(0)
-    try:
-        ptraceapi.seize(pid, 0)
-    except OSError as exc:
-        return f"ptrace is not permitted here ({exc.strerror}); streams-run needs it"
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return None
 
 
 def build_c(output: Path, *, static_musl: bool) -> Path:

@@ -11,7 +11,6 @@ Nothing leaves loopback.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import shutil
 import signal
@@ -76,20 +75,10 @@ def _wait_for_port(port: int, process: subprocess.Popen[str]) -> None:
 
 
 def _ptrace_problem() -> str | None:
-    from ..trace import ptraceapi
+    from ..trace.probes import ptrace_permitted
 
-    pid = os.fork()
-    if pid == 0:  # a child to try tracing; it only waits to be killed
-        signal.pause()
-        os._exit(0)
-    try:
-        ptraceapi.seize(pid, 0)
-    except OSError as exc:
-        return f"ptrace is not permitted here ({exc.strerror})"
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return None
+    probe = ptrace_permitted()
+    return None if probe.ok else probe.detail
 
 
 def _step(text: str) -> None:
@@ -205,8 +194,8 @@ def demo(client_api: bool, keep: bool) -> None:
             _step(f"   one LAN secret per side, in 0600 conf files under {folder}")
             problem = None if client_api else _ptrace_problem()
             if problem:
-                click.echo(f"  note: {problem}; streams-run cannot run here, so the demo "
-                           f"uses the in-process client API instead", err=True)
+                click.echo(f"  note: ptrace does not work here ({problem}); streams-run cannot "
+                           f"run, so the demo uses the in-process client API instead", err=True)
             if client_api or problem:
                 _with_client_api(tunnel_id, folder)
             else:
