@@ -12,7 +12,7 @@ paths in turn (so drift hits all alike; medians reported):
 - the helper's resident memory with ``--idle`` idle pairs joined.
 
 The relays run in this process (the native one in its helper process); the load
-(iperf3, and a separate Python process for small connections) runs outside it.
+(iperf3; a Python echo server and client for small connections) runs outside it.
 """
 
 from __future__ import annotations
@@ -38,20 +38,23 @@ from streams_trace.relay import Pump  # noqa: E402
 from streams_trace.relay.native import NativePump, helper_path  # noqa: E402
 from streams_trace.relay.pump import SplicePump  # noqa: E402
 
-# The small-connection load, run as its own process: an echo server thread and a client
-# that opens COUNT connections one after the other through HOST:PORT; prints conns/s.
-RATE_LOAD = """
-import socket, sys, threading, time
-echo_port, target_port, count = (int(word) for word in sys.argv[1:4])
-server = socket.create_server(("127.0.0.1", echo_port), backlog=1024)
-def serve():
-    while True:
-        conn, _ = server.accept()
-        with conn:
-            data = conn.recv(1)
-            if data:
-                conn.sendall(data)
-threading.Thread(target=serve, daemon=True).start()
+# The small-connection load, in two processes of their own: an echo server that answers
+# one byte per connection, and a client that opens COUNT connections one after the other
+# through HOST:PORT and prints connections per second.
+ECHO_SERVER = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])), backlog=1024)
+print("ready", flush=True)
+while True:
+    conn, _ = server.accept()
+    with conn:
+        data = conn.recv(1)
+        if data:
+            conn.sendall(data)
+"""
+RATE_CLIENT = """
+import socket, sys, time
+target_port, count = int(sys.argv[1]), int(sys.argv[2])
 def once():
     with socket.create_connection(("127.0.0.1", target_port)) as sock:
         sock.sendall(b"x")
@@ -149,9 +152,9 @@ def iperf_bulk(port: int, seconds: float) -> float:
     return float(report["end"]["sum_received"]["bits_per_second"]) / 8 / 1e6
 
 
-def connection_rate(echo_port: int, target_port: int, count: int) -> float:
+def connection_rate(target_port: int, count: int) -> float:
     result = subprocess.run(
-        [sys.executable, "-c", RATE_LOAD, str(echo_port), str(target_port), str(count)],
+        [sys.executable, "-c", RATE_CLIENT, str(target_port), str(count)],
         capture_output=True, text=True, timeout=300, check=True)
     return float(result.stdout)
 
@@ -208,6 +211,9 @@ def main() -> int:
     iperf_port, echo_port = free_port(), free_port()
     iperf = subprocess.Popen(["iperf3", "-s", "-p", str(iperf_port)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(echo_port)],
+                            stdout=subprocess.PIPE, text=True)
+    assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
     native, python = NativePump(), SplicePump()
     relays: dict[str, Callable[[int], int]] = {}
     made: list[PumpRelay | AsyncioRelay] = []
@@ -237,17 +243,17 @@ def main() -> int:
                 bulk[name].append(iperf_bulk(port_for(iperf_port), args.seconds))
                 time.sleep(0.2)
             for name, port_for in relays.items():
-                rate[name].append(connection_rate(echo_port, port_for(echo_port),
-                                                  args.connections))
+                rate[name].append(connection_rate(port_for(echo_port), args.connections))
         rss_before, rss_idle, descriptors = helper_rss_with_idle_pairs(args.idle)
     finally:
         for relay in made:
             relay.close()
         native.close()
         python.close()
-        iperf.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            iperf.wait(10)
+        for process in (iperf, echo):
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
 
     direct_bulk, direct_rate = statistics.median(bulk["direct"]), statistics.median(rate["direct"])
     native_bulk = statistics.median(bulk["native splice helper"])
