@@ -144,7 +144,7 @@ def main() -> None:
         asyncio_relay_child(*options.asyncio_relay_child)
         return
 
-    from streams_trace.doctor import pump_choice
+    from streams_trace.relay import pump_choice
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-data-path-"))
     script = workdir / "worker.py"

@@ -63,7 +63,7 @@ class TunnelConf:
     """What one tunnel's conf file says. Field names follow the file's keys."""
 
     tunnel_id: str
-    lankey: str | None = None
+    lankey: str | None = field(default=None, repr=False)  # the LAN secret: never shown
     lankey_id: str | None = None
     connector_contact_string: Contact | None = None
     update_time: float | None = None
@@ -261,8 +261,14 @@ def save(conf: TunnelConf, directory: str | os.PathLike[str] | None = None) -> P
     folder = path.parent
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if stat.S_IMODE(folder.stat().st_mode) & 0o077:
-            folder.chmod(0o700)
+        mode = stat.S_IMODE(folder.stat().st_mode)
+    except OSError as exc:
+        raise ConfError(f"{folder}: cannot write the conf folder: {exc.strerror}") from None
+    if mode & 0o077:
+        # Never loosen or tighten a folder we did not make (it may be $HOME): refuse, like ssh.
+        raise ConfError(f"{folder}: permissions {mode:04o} let others in to a folder of LAN "
+                        f"secrets; run: chmod 700 {folder} (or choose another folder)")
+    try:
         handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
     except OSError as exc:
         raise ConfError(f"{folder}: cannot write the conf folder: {exc.strerror}") from None

@@ -7,7 +7,6 @@ as text or JSON by the CLI. Secrets are masked.
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 import time
@@ -19,30 +18,21 @@ from .trace import probes
 MASK = "********"
 
 
-def pump_choice() -> tuple[str, str]:
-    """(pump name, why) that relay mode starts; the pump itself logs again when it runs."""
-    from .relay import PUMP_ENV
-    from .relay.native import helper_path
-
-    choice = (os.environ.get(PUMP_ENV) or "auto").strip().lower()
-    helper = helper_path()
-    if choice == "python":
-        return "python-splice", f"asked for by {PUMP_ENV}=python"
-    if helper is None:
-        return "python-splice", "the native helper was not built (no C compiler at install time)"
-    return "native-splice", f"helper {helper}"
-
-
 def _probe(result: probes.Probe) -> dict[str, Any]:
     return {"ok": result.ok, "detail": result.detail}
 
 
 def system_report() -> dict[str, Any]:
+    from .errors import UsageError
+    from .relay import pump_choice
     from .relay.native import helper_path
 
     pidfd = probes.pidfd_getfd()
-    path, why = ("direct", "pidfd_getfd works") if pidfd.ok else ("relay", pidfd.detail)
-    pump, pump_why = pump_choice()
+    path, why = probes.choose_data_path("auto")
+    try:
+        pump, pump_why = pump_choice()
+    except UsageError as exc:
+        pump, pump_why = "none", str(exc)
     helper = helper_path()
     return {
         "kernel": {"release": probes.kernel_release(), "machine": platform.machine()},

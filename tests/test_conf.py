@@ -241,3 +241,22 @@ def test_cli_reports_a_bad_conf_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"streams-trace: error: {folder}/{TUNNEL}.conf:2: bad "
                                "listener_contact_string")
+
+
+def test_secrets_never_show_in_reprs() -> None:
+    """Secrets stay out of reprs, so no log line, %r or test failure can print them."""
+    from streams_trace.globus.auth import Credentials
+
+    tunnel = conf.TunnelConf(TUNNEL, lankey="LAN-SECRET-VALUE")
+    assert "LAN-SECRET-VALUE" not in repr(tunnel)
+    assert "CLIENT-SECRET" not in repr(Credentials("client-id", "CLIENT-SECRET"))
+
+
+def test_refuses_to_write_into_a_folder_others_can_enter(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    with pytest.raises(ConfError, match=r"permissions 0755 let others in .* chmod 700"):
+        conf.save(conf.TunnelConf(TUNNEL, lankey="s"), folder)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755  # left as it was
+    assert list(folder.iterdir()) == []

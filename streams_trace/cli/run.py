@@ -17,12 +17,12 @@ import sys
 
 import click
 
+from ..conf import CONFIG_DIR_ENV
 from ..contact import Contact
-from ..errors import StreamsTraceError
+from ..errors import ExitCode, StreamsTraceError
+from . import DEBUG_ENV
 from .options import CONTACT
 
-DEBUG_ENV = "STREAMS_TRACE_DEBUG"
-CONFIG_DIR_ENV = "STREAMS_TRACE_CONFIG_DIR"
 INTERCEPT_PORT_ENV = re.compile(r"^GLOBUS_STREAMS_INTERCEPT_PORT_(\d+)$")
 SUPERVISOR_FAILED = 125
 
@@ -105,7 +105,10 @@ def run(
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND with its connections to the tunnel TUNNEL_ID put on the tunnel."""
-    _setup_logging(debug, quiet, log_file)
+    try:
+        _setup_logging(debug, quiet, log_file)
+    except OSError as exc:
+        _fail(f"cannot write the log file {log_file}: {exc.strerror}")
     if command and command[0] == "--":
         command = command[1:]
     if not command:
@@ -120,6 +123,10 @@ def run(
         if debug:
             log.exception("details")
         _fail(f"the supervisor failed: {exc}")
+    except Exception as exc:
+        if debug:
+            log.exception("details")
+        _fail(f"internal error: {exc!r}; rerun with -d and report it")
     sys.exit(code)
 
 
@@ -158,8 +165,9 @@ def _run(
     chosen, why = choose_data_path(data_path)
     log.debug("data path: %s (%s)", chosen, why)
     if chosen == "relay":
-        from ..doctor import pump_choice
+        from ..relay import pump_choice
 
+        # Checked now, before the program starts: the pump itself starts at the first relay.
         log.debug("relay pump: %s (%s)", *pump_choice())
     settings = Settings(
         tunnel=tunnel,
@@ -180,5 +188,5 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(SUPERVISOR_FAILED)
-    except click.exceptions.Abort:
-        sys.exit(SUPERVISOR_FAILED)
+    except click.exceptions.Abort:  # Ctrl-C before the program started
+        sys.exit(ExitCode.INTERRUPTED)

@@ -48,9 +48,9 @@ class AccessPoint:
 
     name: str
     tunnel_id: str
-    inbound_secret: bytes | None
+    inbound_secret: bytes | None = field(repr=False)
     onward: Contact
-    onward_secret: bytes | None
+    onward_secret: bytes | None = field(repr=False)
     pump: Pump
     handshake_timeout: float = DEFAULT_TIMEOUT
     stats: Stats = field(default_factory=Stats)

@@ -21,7 +21,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -49,11 +49,7 @@ def gcs_scope(endpoint_id: str) -> str:
 @dataclass(frozen=True)
 class Credentials:
     client_id: str
-    client_secret: str | None = None
-
-    @property
-    def is_service_account(self) -> bool:
-        return self.client_secret is not None
+    client_secret: str | None = field(default=None, repr=False)  # never shown
 
 
 def credentials(client_id: str | None = None) -> Credentials:

@@ -35,6 +35,31 @@ class Pump(Protocol):
     def close(self) -> None: ...
 
 
+def pump_choice(choice: str | None = None) -> tuple[str, str]:
+    """Which pump ``best_pump`` would start, and why; UsageError for an impossible choice.
+
+    ``choice`` is auto, native or python (else $STREAMS_TRACE_PUMP, else auto).
+    Cheap: it starts nothing, so callers can check before they commit to a pump.
+    """
+    from ..errors import UsageError
+    from .native import helper_path
+
+    choice = (choice or os.environ.get(PUMP_ENV) or "auto").strip().lower()
+    if choice not in CHOICES:
+        raise UsageError(f"{PUMP_ENV} must be one of {', '.join(CHOICES)}, not {choice!r}")
+    if choice == "python":
+        return SplicePump.name, f"asked for by {PUMP_ENV}=python"
+    helper = helper_path()
+    if helper is None:
+        if choice == "native":
+            raise UsageError(
+                f"{PUMP_ENV}=native but the native helper is not built "
+                "(reinstall streams-trace where a C compiler is present)"
+            )
+        return SplicePump.name, "the native helper was not built: no C compiler at install time"
+    return "native-splice", f"helper {helper}"
+
+
 def best_pump(choice: str | None = None) -> Pump:
     """The native pump when its helper is built, else the Python splice pump.
 
@@ -44,24 +69,13 @@ def best_pump(choice: str | None = None) -> Pump:
     from ..errors import UsageError
     from .native import HelperMissing, NativePump, helper_path
 
-    choice = (choice or os.environ.get(PUMP_ENV) or "auto").strip().lower()
-    if choice not in CHOICES:
-        raise UsageError(f"{PUMP_ENV} must be one of {', '.join(CHOICES)}, not {choice!r}")
-    if choice == "python":
-        log.debug("data pump: python-splice (asked for by %s=python)", PUMP_ENV)
+    name, why = pump_choice(choice)
+    if name == SplicePump.name:
+        log.debug("data pump: %s (%s)", name, why)
         return SplicePump()
     helper = helper_path()
-    if helper is None:
-        if choice == "native":
-            raise UsageError(
-                f"{PUMP_ENV}=native but the native helper is not built "
-                "(reinstall streams-trace where a C compiler is present)"
-            )
-        log.debug(
-            "data pump: python-splice (the native helper was not built: "
-            "no C compiler at install time)"
-        )
-        return SplicePump()
+    assert helper is not None
+    choice = (choice or os.environ.get(PUMP_ENV) or "auto").strip().lower()
     try:
         pump = NativePump(helper)
     except (OSError, HelperMissing) as exc:

@@ -7,8 +7,8 @@ side becomes ``shutdown(SHUT_WR)`` on the other once the pipe is drained (half
 close passes through); a reset or write error on either side resets the other.
 A pair is closed when both directions have finished.
 
-The native helper (``native/``) does the same job faster; this pump is the
-fallback where it cannot be built, and the gateway's pump until then.
+The native helper (``native/``) does the same job in its own process; this pump
+stands in where the helper was not built (``streams_trace.relay.best_pump``).
 """
 
 from __future__ import annotations
@@ -206,7 +206,18 @@ class SplicePump:
         """Take ownership of two connected sockets and join them until both ends finish."""
         a.setblocking(False)
         b.setblocking(False)
-        self._incoming.put(_Pair(a, b, on_done))
+        try:
+            pair = _Pair(a, b, on_done)
+        except OSError as exc:
+            # No pipes (out of descriptors): fail this connection visibly, as a reset.
+            log.warning("relay error: cannot join a connection pair: %s", exc)
+            for sock in (a, b):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            _report(on_done, 0, 0, True)
+            return
+        self._incoming.put(pair)
         self._wake()
 
     def close(self) -> None:
@@ -293,5 +304,14 @@ class SplicePump:
                 with contextlib.suppress(OSError, ValueError):
                     self._epoll.unregister(fd)
         pair.close()
-        if pair.on_done is not None:
-            pair.on_done(pair.forward.moved, pair.backward.moved, pair.reset)
+        _report(pair.on_done, pair.forward.moved, pair.backward.moved, pair.reset)
+
+
+def _report(on_done: DoneCallback | None, forward: int, backward: int, reset: bool) -> None:
+    """Tell the owner a pair ended; its callback failing must not stop the pump thread."""
+    if on_done is None:
+        return
+    try:
+        on_done(forward, backward, reset)
+    except Exception:
+        log.exception("relay: a connection's done-callback failed")
