@@ -1,6 +1,7 @@
 """streams-run against its baselines, each measured in the same run.
 
     python benchmarks/bench_run.py [--megabytes 1000] [--connections 300] [--runs 3]
+                                   [--latency-only]
 
 Tunnel figures run one Python worker program through a real local gateway twice:
 under streams-run, connecting by name to globus.<TUNNEL_ID> (the supervisor resolves,
@@ -168,6 +169,8 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only the connections/s and time-per-connection figures")
     options = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-run-"))
@@ -187,12 +190,13 @@ def main() -> None:
     threading.Thread(target=serve, args=(listener,), daemon=True).start()
     rows: list[tuple[str, str, str, str, str]] = []
     try:
-        bulk = {traced: [run_worker(traced, tunnel_id, initiator, "bulk", options.megabytes,
-                                    script)[0] for _ in range(options.runs)]
-                for traced in (False, True)}
-        api_bulk, run_bulk = statistics.median(bulk[False]), statistics.median(bulk[True])
-        rows.append(("bulk throughput through the tunnel (MB/s)", f"{api_bulk:.0f}",
-                     f"{run_bulk:.0f}", f"{run_bulk / api_bulk:.2f}", ">= 0.97"))
+        if not options.latency_only:
+            bulk = {traced: [run_worker(traced, tunnel_id, initiator, "bulk", options.megabytes,
+                                        script)[0] for _ in range(options.runs)]
+                    for traced in (False, True)}
+            api_bulk, run_bulk = statistics.median(bulk[False]), statistics.median(bulk[True])
+            rows.append(("bulk throughput through the tunnel (MB/s)", f"{api_bulk:.0f}",
+                         f"{run_bulk:.0f}", f"{run_bulk / api_bulk:.2f}", ">= 0.97"))
 
         conns = {traced: [run_worker(traced, tunnel_id, initiator, "conns", options.connections,
                                      script) for _ in range(options.runs)]
@@ -207,30 +211,31 @@ def main() -> None:
                      f"{run_latency:.0f}", f"{run_latency - api_latency:+.0f} us",
                      "<= +50 us"))
 
-        for label, command, target in (
-            ("syscall-heavy loop, 5M getppid (s)", [str(syscalls), "getppid", "5000000"],
-             "<= 1.15"),
-            ("open-heavy loop, 200k open/read/close (s)",
-             [str(syscalls), "open", "200000", "/etc/hostname"], "<= 1.03"),
-        ):
-            native = statistics.median(time_program(command, False, tunnel_id, initiator)
-                                       for _ in range(options.runs))
-            traced = statistics.median(time_program(command, True, tunnel_id, initiator)
-                                       for _ in range(options.runs))
-            rows.append((label, f"{native:.3f}", f"{traced:.3f}", f"{traced / native:.2f}",
-                         target))
+        if not options.latency_only:
+            for label, command, target in (
+                ("syscall-heavy loop, 5M getppid (s)", [str(syscalls), "getppid", "5000000"],
+                 "<= 1.15"),
+                ("open-heavy loop, 200k open/read/close (s)",
+                 [str(syscalls), "open", "200000", "/etc/hostname"], "<= 1.03"),
+            ):
+                native = statistics.median(time_program(command, False, tunnel_id, initiator)
+                                           for _ in range(options.runs))
+                traced = statistics.median(time_program(command, True, tunnel_id, initiator)
+                                           for _ in range(options.runs))
+                rows.append((label, f"{native:.3f}", f"{traced:.3f}", f"{traced / native:.2f}",
+                             target))
 
-        true = shutil.which("true") or "/bin/true"
-        runs = max(options.runs, 5)
-        native_true = statistics.median(wall([true]) for _ in range(runs))
-        traced_true = statistics.median(
-            wall([*STREAMS_RUN, "--config-dir", str(initiator), tunnel_id, true])
-            for _ in range(runs))
-        rows.append(("streams-run TUNNEL true vs true (s)", f"{native_true:.3f}",
-                     f"{traced_true:.3f}", f"{traced_true - native_true:+.3f} s", "<= +0.2 s"))
-        rss = supervisor_rss_mb(tunnel_id, initiator, client)
-        rows.append(("supervisor peak RSS, 16-thread client (MB)", "-", f"{rss:.1f}", "-",
-                     "<= 60 MB"))
+            true = shutil.which("true") or "/bin/true"
+            runs = max(options.runs, 5)
+            native_true = statistics.median(wall([true]) for _ in range(runs))
+            traced_true = statistics.median(
+                wall([*STREAMS_RUN, "--config-dir", str(initiator), tunnel_id, true])
+                for _ in range(runs))
+            rows.append(("streams-run TUNNEL true vs true (s)", f"{native_true:.3f}",
+                         f"{traced_true:.3f}", f"{traced_true - native_true:+.3f} s", "<= +0.2 s"))
+            rss = supervisor_rss_mb(tunnel_id, initiator, client)
+            rows.append(("supervisor peak RSS, 16-thread client (MB)", "-", f"{rss:.1f}", "-",
+                         "<= 60 MB"))
     finally:
         listener.close()
         gateway.terminate()
