@@ -155,9 +155,8 @@ class Tracer:
     def complete(self, task: Task, result: int) -> None:
         """At a syscall entry: skip the syscall, make it return ``result`` (-errno on error)."""
         try:
-            regs = pt.get_registers(task.tid)
-            archmod.skip_syscall(regs, result)
-            pt.set_registers(task.tid, regs)
+            for offset, value in archmod.skip_syscall_words(result):
+                pt.poke_user(task.tid, offset, value)
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 raise

@@ -97,10 +97,18 @@ def return_value(regs: Any) -> int:
     return _signed(regs.rax)
 
 
-def skip_syscall(regs: Any, result: int) -> None:
-    """At a syscall entry stop: do not run the syscall, make it return ``result``."""
-    regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # -1: no syscall
-    regs.rax = result & 0xFFFFFFFFFFFFFFFF
+# Byte offsets in user_regs_struct (PTRACE_POKEUSER): skipping a syscall writes just
+# these two words, two small ptrace calls instead of a GETREGS/SETREGS round trip.
+_ORIG_RAX_OFFSET = 15 * 8
+_RAX_OFFSET = 10 * 8
+
+
+def skip_syscall_words(result: int) -> tuple[tuple[int, int], ...]:
+    """At a syscall entry stop: do not run the syscall, make it return ``result``.
+
+    The (user area offset, value) words to poke: orig_rax -1 (no syscall), then rax.
+    """
+    return ((_ORIG_RAX_OFFSET, 0xFFFFFFFFFFFFFFFF), (_RAX_OFFSET, result & 0xFFFFFFFFFFFFFFFF))
 
 
 def set_return_value(regs: Any, result: int) -> None:
