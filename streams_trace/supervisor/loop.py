@@ -37,10 +37,12 @@ class Loop:
 
     def watch(self, fileobj: Any, events: int, callback: Callback) -> None:
         """Call ``callback`` whenever ``fileobj`` is ready for ``events`` (replaces a watch)."""
+        # A new watch is the common case (every redirected connect): register first, as
+        # a failed modify raises and catches KeyError twice inside selectors.
         try:
-            self.selector.modify(fileobj, events, callback)
-        except KeyError:
             self.selector.register(fileobj, events, callback)
+        except KeyError:
+            self.selector.modify(fileobj, events, callback)
 
     def unwatch(self, fileobj: Any) -> None:
         try:

@@ -24,7 +24,6 @@ import fcntl
 import ipaddress
 import logging
 import os
-import select
 import selectors
 import socket
 import struct
@@ -88,6 +87,7 @@ class Redirector:
             numbers["recvfrom"]: self.on_recvfrom,
         }
         self.pidfds: dict[int, int] = {}
+        self._sockaddrs: dict[bytes, SockAddr] = {}  # raw sockaddr -> decoded (a small cache)
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
         # inode of a DNS socket we answered through sendto -> (responder as the program
         # sees it, the nameserver it wrote to): replies must seem to come from the latter.
@@ -157,7 +157,16 @@ class Redirector:
     def _read_sockaddr(self, task: Task, address: int, length: int) -> SockAddr | None:
         if not address or not 2 <= length <= sa_codec.MAX_SOCKADDR:
             return None
-        return sa_codec.decode(pt.read_memory(task.tid, address, length))
+        raw = pt.read_memory(task.tid, address, length)
+        # Programs connect to the same few addresses again and again; SockAddr is frozen.
+        decoded = self._sockaddrs.get(raw)
+        if decoded is None:
+            decoded = sa_codec.decode(raw)
+            if decoded is not None:
+                if len(self._sockaddrs) >= 256:
+                    self._sockaddrs.clear()
+                self._sockaddrs[raw] = decoded
+        return decoded
 
     def take_socket(self, task: Task, fd: int) -> socket.socket:
         """The program's socket ``fd`` as a socket object of ours (the same open file)."""
@@ -317,12 +326,6 @@ class Redirector:
         AcceptCheck(self, task, int(info.rval), nr, args).start()
 
 
-def _writable_now(sock: socket.socket) -> bool:
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-    return bool(poller.poll(0))
-
-
 def _address_key(address: tuple) -> tuple[str, int]:
     host = str(address[0])
     if host.startswith("::ffff:") and "." in host:
@@ -352,20 +355,26 @@ class Operation:
     def _take(self) -> socket.socket:
         sock = self.owner.take_socket(self.task, self.fd)
         self.sock = sock
-        # Non-blocking for the supervisor; the flag lives on the shared open file, so the
-        # program's own setting is put back before it runs again.
-        self.saved_flags = fcntl.fcntl(sock.fileno(), fcntl.F_GETFL)
-        fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, self.saved_flags | os.O_NONBLOCK)
         self.timer = self.loop.call_at(self.deadline, self._on_timeout)
         self.task.on_death.append(self._on_death)
         return sock
+
+    def _set_nonblocking(self) -> None:
+        """Non-blocking for the supervisor's connect. The flag lives on the shared open
+        file, so ``_restore`` puts the program's own setting back as soon as the connect
+        is done; the handshake's sends and receives use MSG_DONTWAIT instead."""
+        assert self.sock is not None
+        flags = fcntl.fcntl(self.sock.fileno(), fcntl.F_GETFL)
+        if not flags & os.O_NONBLOCK:
+            fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            self.saved_flags = flags
 
     def _start_handshake(self, machine: Handshake) -> None:
         assert self.sock is not None
         self.machine = machine
         out = machine.start()
         if out:
-            self.sock.sendall(out)
+            self.sock.sendall(out, socket.MSG_DONTWAIT)
         self.loop.watch(self.sock, selectors.EVENT_READ, self._on_readable)
 
     def _on_readable(self) -> None:
@@ -374,12 +383,15 @@ class Operation:
         try:
             while machine.state is State.IN_PROGRESS:
                 try:
-                    data = self.sock.recv(machine.bytes_needed)
+                    data = self.sock.recv(machine.bytes_needed, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     return
                 out = machine.receive(data)
                 if out:
-                    self.sock.sendall(out)
+                    # Small messages on a fresh connection: they fit the send buffer.
+                    self.sock.sendall(out, socket.MSG_DONTWAIT)
+                    if machine.state is State.IN_PROGRESS:
+                        return  # the peer's answer cannot be here yet; the loop calls again
         except OSError as exc:
             self.handshake_done(False, f"handshake failed: {exc.strerror or exc}")
             return
@@ -398,23 +410,30 @@ class Operation:
         self._release()
         self.finished = True
 
+    def _restore(self) -> None:
+        """Put the program's own socket settings back (they live on the shared file)."""
+        if self.sock is None:
+            return
+        if self.saved_nodelay == 0:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            except OSError:
+                pass
+        if self.saved_flags is not None:
+            try:
+                fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, self.saved_flags)
+            except OSError:
+                pass
+        self.saved_nodelay = self.saved_flags = None
+
     def _release(self) -> None:
-        """Put the program's flags back and drop our copy of its socket."""
+        """Put the program's settings back and drop our copy of its socket."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.sock is not None:
             self.loop.unwatch(self.sock)
-            if self.saved_nodelay == 0:
-                try:
-                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-                except OSError:
-                    pass
-            if self.saved_flags is not None:
-                try:
-                    fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, self.saved_flags)
-                except OSError:
-                    pass
+            self._restore()
             self.sock.close()
             self.sock = None
         if self._on_death in self.task.on_death:
@@ -456,12 +475,15 @@ class ConnectRedirect(Operation):
             self.finish(-errno.EAFNOSUPPORT, "refused: an IPv4 socket cannot reach an IPv6 "
                         "access point")
             return
+        self._set_nonblocking()
         error = sock.connect_ex(destination)
-        if error == errno.EINPROGRESS and _writable_now(sock):
-            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # loopback: done already
-        if error == 0:
+        if error == errno.EINPROGRESS:
+            # A loopback connect is usually done by now: asking again says so (0), says
+            # EALREADY while it goes on, or gives its error, in one system call.
+            error = sock.connect_ex(destination)
+        if error in (0, errno.EISCONN):
             self._connected()
-        elif error == errno.EINPROGRESS:
+        elif error == errno.EALREADY:
             self.loop.watch(sock, selectors.EVENT_WRITE, self._on_writable)
         else:
             self.finish(-error, f"access point unreachable: {os.strerror(error)}")
@@ -487,6 +509,9 @@ class ConnectRedirect(Operation):
 
     def _connected(self) -> None:
         assert self.sock is not None
+        if self.saved_flags is not None:  # the connect is done: the program's flags again
+            fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, self.saved_flags)
+            self.saved_flags = None
         # The handshake is four small messages: no Nagle delay for them. The program's own
         # setting is put back before it runs again.
         self.saved_nodelay = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
@@ -520,18 +545,23 @@ class ConnectRedirect(Operation):
         if self.finished:
             return
         self.finished = True
+        # The program waits on this: its settings back, its connect completed, and only
+        # then our own clean-up (our copy of the socket is not the program's).
+        self._restore()
+        self.owner.tracer.complete(self.task, result)
         self._release()
         if result == 0:
             self.owner.redirected += 1
         else:
             self.owner.refused += 1
-        log.debug(
-            "connect fd %d of process %d to %s (%s) -> initiator access point %s: %s in %s%s",
-            self.fd, self.task.tgid, self.name, self.target, self.access_point, outcome,
-            self.elapsed_ms(),
-            "" if result == 0 else f", the program gets {errno.errorcode.get(-result, result)}",
-        )
-        self.owner.tracer.complete(self.task, result)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "connect fd %d of process %d to %s (%s) -> initiator access point %s: %s in %s%s",
+                self.fd, self.task.tgid, self.name, self.target, self.access_point, outcome,
+                self.elapsed_ms(),
+                "" if result == 0
+                else f", the program gets {errno.errorcode.get(-result, result)}",
+            )
 
 
 class AcceptCheck(Operation):
@@ -566,18 +596,21 @@ class AcceptCheck(Operation):
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self._release()
-        log.debug(
-            "accept fd %d of process %d from %s: %s in %s%s",
-            self.fd, self.task.tgid, self.peer, outcome, self.elapsed_ms(),
-            "" if ok else "; closed, the program never sees it",
-        )
         if ok:
             self.owner.redirected += 1
-            self.owner.tracer.resume(self.task)
+            self._restore()
+            self.owner.tracer.resume(self.task)  # the program waits on this; clean up after
+            self._release()
         else:
             self.owner.refused += 1
+            self._release()  # our copy must be closed too, or the peer never sees the end
             self.owner.tracer.close_and_restart(self.task, self.fd, self.nr, self.args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "accept fd %d of process %d from %s: %s in %s%s",
+                self.fd, self.task.tgid, self.peer, outcome, self.elapsed_ms(),
+                "" if ok else "; closed, the program never sees it",
+            )
 
     def timed_out(self) -> None:
         self.handshake_done(False, "handshake timed out")
