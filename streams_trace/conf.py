@@ -29,6 +29,8 @@ from .errors import ConfError
 CONFIG_DIR_ENV = "STREAMS_TRACE_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = Path("~/.globus/streams")
 DEFAULT_CONTACT_TTL = 10.0
+FAKE_PORT_RANGE = (1024, 65535)  # where a fake_port (globus.<TUNNEL_ID>:<port>) is drawn from
+SECRET_MASK = "******** (hidden)"
 
 # Official keys, in the order the official writer uses; then this project's own.
 OFFICIAL_KEYS = (
@@ -94,7 +96,7 @@ class TunnelConf:
     def check_not_expired(self, now: float | None = None) -> None:
         if self.is_expired(now):
             assert self.tunnel_expiration_time is not None
-            when = _format_time(self.tunnel_expiration_time)
+            when = format_time(self.tunnel_expiration_time)
             raise ConfError(
                 f"{self._where('tunnel_expiration_time')}: tunnel {self.tunnel_id} expired "
                 f"at {when}; create a new tunnel and initialize its environment again"
@@ -127,6 +129,11 @@ class TunnelConf:
 
     # -- the file format -----------------------------------------------------------
 
+    def masked_lines(self) -> list[str]:
+        """``to_lines`` with the LAN secret hidden, for showing a conf to a person."""
+        return [f"lankey={SECRET_MASK}" if line.startswith("lankey=") else line
+                for line in self.to_lines()]
+
     def to_lines(self) -> list[str]:
         values = {name: _format_value(getattr(self, name)) for name in OFFICIAL_KEYS + OWN_KEYS}
         lines = [f"{key}={value}" for key, value in values.items() if value is not None]
@@ -147,11 +154,11 @@ def _format_value(value: object) -> str | None:
     return str(value)
 
 
-def _format_time(epoch: float) -> str:
+def format_time(epoch: float) -> str:
     return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _parse_time(text: str) -> float:
+def parse_time(text: str) -> float:
     """Unix seconds, or an ISO 8601 timestamp as Globus prints them."""
     try:
         return float(text)
@@ -174,8 +181,8 @@ def _parse_seconds(text: str) -> float:
 
 
 _PARSERS = {
-    "update_time": _parse_time,
-    "tunnel_expiration_time": _parse_time,
+    "update_time": parse_time,
+    "tunnel_expiration_time": parse_time,
     "connector_contact_string_ttl": _parse_seconds,
     "fake_port": parse_port,
     "connector_contact_string": parse_contact,

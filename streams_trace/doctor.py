@@ -15,8 +15,6 @@ from typing import Any
 
 from .trace import probes
 
-MASK = "********"
-
 
 def _probe(result: probes.Probe) -> dict[str, Any]:
     return {"ok": result.ok, "detail": result.detail}
@@ -49,11 +47,7 @@ def system_report() -> dict[str, Any]:
 
 
 def _masked_conf(conf: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    for line in conf.to_lines():
-        key, _, value = line.partition("=")
-        fields[key] = f"{MASK} ({len(value)} characters)" if key == "lankey" else value
-    return fields
+    return dict(line.split("=", 1) for line in conf.masked_lines())
 
 
 def check_access_point(conf: Any, timeout: float = 3.0, handshake: bool = True) -> dict[str, Any]:

@@ -182,9 +182,8 @@ def show(config_dir: Path | None, tunnel_id: str) -> None:
     """Print what the conf of TUNNEL_ID says (the LAN secret masked)."""
     conf = confmod.load(tunnel_id, config_dir)
     click.echo(f"# {conf.path}")
-    for line in conf.to_lines():
-        key, _, _ = line.partition("=")
-        click.echo(f"{key}=******** (hidden)" if key == "lankey" else line)
+    for line in conf.masked_lines():
+        click.echo(line)
     for note in _notes(conf, time.time()):
         click.echo(f"# {note}")
 
@@ -204,7 +203,7 @@ def _notes(conf: confmod.TunnelConf, now: float) -> list[str]:
             left = conf.update_time + conf.connector_contact_string_ttl - now
             notes.append(f"contact: fresh for {int(left)} s more")
     if conf.tunnel_expiration_time is not None:
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(conf.tunnel_expiration_time))
+        when = confmod.format_time(conf.tunnel_expiration_time)
         state = "expired" if conf.is_expired(now) else "expires"
         notes.append(f"tunnel: {state} {when}")
     return notes

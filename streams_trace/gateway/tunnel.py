@@ -31,7 +31,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SECRET_BYTES = 32
-FAKE_PORT_RANGE = (1024, 65535)
 
 
 def new_secret() -> str:
@@ -80,7 +79,7 @@ def initiator_conf(
         fake_port=(
             previous.fake_port
             if previous and previous.fake_port
-            else random.randint(*FAKE_PORT_RANGE)
+            else random.randint(*confmod.FAKE_PORT_RANGE)
         ),
         tunnel_expiration_time=float(int(expires)),
         globus_contacts=previous.globus_contacts if previous else [],

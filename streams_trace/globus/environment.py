@@ -24,7 +24,6 @@ import globus_sdk
 from .. import conf as confmod
 from ..contact import Contact
 from ..errors import ConfError, UsageError
-from ..gateway.tunnel import FAKE_PORT_RANGE
 from . import tunnels
 from .auth import ensure_logged_in
 from .errors import GlobusTunnelError
@@ -150,7 +149,7 @@ def _conf(
     conf.fake_port = (
         previous.fake_port
         if previous and previous.fake_port
-        else random.randint(*FAKE_PORT_RANGE)
+        else random.randint(*confmod.FAKE_PORT_RANGE)
     )
     conf.globus_contacts = list(request.globus_contacts) or (
         previous.globus_contacts if previous else []

@@ -9,7 +9,6 @@ Transfer document holds the ``gcs_manager_url`` that hands out LAN secrets.
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 import globus_sdk
 
+from ..conf import parse_time
 from ..contact import Contact, ContactError, parse_contact
 from .errors import TUNNEL_CREATE_HINT, GlobusTunnelError, Subject, globus_errors
 
@@ -98,12 +98,9 @@ def _expiration(created: object, lifetime_minutes: object) -> float | None:
     if not created or not isinstance(lifetime_minutes, int):
         return None
     try:
-        moment = _dt.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        return parse_time(str(created)) + 60 * lifetime_minutes
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.timezone.utc)
-    return moment.timestamp() + 60 * lifetime_minutes
 
 
 def transfer_client(app: globus_sdk.GlobusApp) -> globus_sdk.TransferClient:
