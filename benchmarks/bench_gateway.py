@@ -28,14 +28,10 @@ sys.path.insert(0, str(REPO))
 import streams_trace  # noqa: E402
 from streams_trace import conf  # noqa: E402
 from streams_trace.client import Listener, connect_with_conf  # noqa: E402
+from streams_trace.contact import free_port  # noqa: E402
+from streams_trace.gateway.tunnel import read_state  # noqa: E402
 
 BLOCK = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def sink(conn: socket.socket) -> None:
@@ -139,6 +135,7 @@ def main() -> int:
             assert isinstance(listener, Listener)
             tunnel_server = Server(lambda: listener.accept()[0], listener.close)
             initiator = conf.load(tunnel_id, f"{folder}/i")
+            pump = read_state(Path(folder, "i", f"gateway-{tunnel_id}.toml"))["pump"]
             through = measure(lambda: connect_with_conf(initiator), tunnel_server,
                               args)
             tunnel_server.close()
@@ -147,7 +144,7 @@ def main() -> int:
             gateway.wait(timeout=20)
 
     print(f"# {args.megabytes} MB per bulk run, {args.connections} connections per rate run, "
-          f"median of {args.runs} runs")
+          f"median of {args.runs} runs; gateway data pump: {pump}")
     print(f"{'figure':<32}{'direct':>12}{'gateway':>12}{'ratio':>8}")
     for key, label in (("bulk", "bulk throughput (MB/s)"), ("rate", "connections per second")):
         print(f"{label:<32}{direct[key]:>12.0f}{through[key]:>12.0f}"

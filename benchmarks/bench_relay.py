@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from streams_trace.contact import free_port  # noqa: E402
 from streams_trace.relay import Pump  # noqa: E402
 from streams_trace.relay.native import NativePump, helper_path  # noqa: E402
 from streams_trace.relay.pump import SplicePump  # noqa: E402
@@ -66,12 +67,6 @@ for _ in range(count):
     once()
 print(count / (time.perf_counter() - started))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class PumpRelay:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import uuid
 from dataclasses import dataclass
 
@@ -83,3 +84,11 @@ def parse_tunnel_id(text: str) -> str:
 def globus_name(tunnel_id: str) -> str:
     """The dummy host name that stands for a tunnel: ``globus.<TUNNEL_ID>``."""
     return GLOBUS_NAME_PREFIX + tunnel_id
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for demos, tests and benchmarks)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])

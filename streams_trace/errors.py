@@ -17,6 +17,7 @@ class ExitCode(enum.IntEnum):
     GLOBUS_AUTH = 4
     GLOBUS_TUNNEL = 5
     NETWORK = 6
+    UNSUPPORTED = 7
     INTERRUPTED = 130
 
 
@@ -28,6 +29,7 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.GLOBUS_AUTH: "Globus login, consent or permission needed",
     ExitCode.GLOBUS_TUNNEL: "Globus tunnel unknown, stopped or not ready",
     ExitCode.NETWORK: "access point unreachable or LAN handshake refused",
+    ExitCode.UNSUPPORTED: "this system cannot trace programs (ptrace refused; see doctor)",
     ExitCode.INTERRUPTED: "interrupted by SIGINT",
 }
 

@@ -7,7 +7,6 @@ the client API and an asyncio one for the gateway. Both read exactly
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 
@@ -69,6 +68,8 @@ def handshake_blocking(sock: socket.socket, machine: Handshake) -> None:
 
 async def handshake_async(sock: socket.socket, machine: Handshake) -> None:
     """Drive ``machine`` on a non-blocking socket inside asyncio; raise HandshakeError."""
+    import asyncio  # only the gateway needs it; blocking users of the client API do not
+
     loop = asyncio.get_running_loop()
     peer = _peer_name(sock)
 

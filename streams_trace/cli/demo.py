@@ -24,6 +24,7 @@ from pathlib import Path
 
 import click
 
+from ..contact import free_port
 from ..errors import ExitCode, StreamsTraceError
 
 STREAMS_RUN = [sys.executable, "-c", "from streams_trace.cli.run import main; main()"]
@@ -32,12 +33,6 @@ PYTHON_FETCH = (
     "import sys, urllib.request; "
     "sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=30).read())"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def is_static(path: str) -> bool:
@@ -174,18 +169,22 @@ def demo(client_api: bool, keep: bool) -> None:
 
     with tempfile.TemporaryDirectory(prefix="streams-trace-demo-") as name:
         folder = Path(name)
-        listener_port = _free_port()
+        listener_port = free_port()
         click.echo("streams-trace demo: a Globus Streams tunnel on this machine")
+        gateway_log = open(folder / "gateway.log", "w+")  # noqa: SIM115 - closed below
         gateway = subprocess.Popen(
             [sys.executable, "-m", "streams_trace", "gateway", "--listener-contact-string",
              f"127.0.0.1:{listener_port}", "--initiator-config-dir", str(folder / "initiator"),
              "--listener-config-dir", str(folder / "listener")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # stderr to a file: nobody reads it while the gateway runs (--keep: for hours).
+            stdout=subprocess.PIPE, stderr=gateway_log, text=True)
         try:
             assert gateway.stdout is not None
             tunnel_id = gateway.stdout.readline().strip()
             if not tunnel_id:
-                raise StreamsTraceError(f"the gateway did not start: {gateway.communicate()[1]}")
+                gateway.wait(timeout=20)
+                gateway_log.seek(0)
+                raise StreamsTraceError(f"the gateway did not start: {gateway_log.read().strip()}")
             initiator = conf.load(tunnel_id, folder / "initiator")
             assert initiator.fake_port is not None
             _step(f"1. local gateway up: tunnel {tunnel_id}")
@@ -210,3 +209,4 @@ def demo(client_api: bool, keep: bool) -> None:
             if gateway.poll() is None:
                 gateway.send_signal(signal.SIGTERM)
                 gateway.wait(timeout=20)
+            gateway_log.close()

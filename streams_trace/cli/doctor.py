@@ -1,7 +1,7 @@
 """``streams-trace doctor [TUNNEL_ID]``: what streams-run can do here, and a tunnel's state.
 
 Human-readable by default, ``--json`` for scripts. Exit status: 0 when all is
-well, 1 when ptrace is not permitted (streams-run cannot work here), 3 when the
+well, 7 when ptrace is not permitted (streams-run cannot work here), 3 when the
 tunnel's conf cannot be read, 6 when its access point does not answer.
 """
 

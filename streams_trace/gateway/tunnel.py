@@ -118,6 +118,14 @@ def _keep_secret(previous: confmod.TunnelConf | None, secured: bool) -> str | No
 
 def read_or_create_link_secret(path: Path, create: bool) -> bytes:
     """The secret of the AP-to-AP link, kept in a 0600 file shared by both hosts."""
+    try:
+        return _link_secret(path, create)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfError(f"{path}: cannot use the link secret file: {reason}") from None
+
+
+def _link_secret(path: Path, create: bool) -> bytes:
     if path.exists():
         with open(path, encoding="ascii") as handle:
             confmod.check_secure(path, os.fstat(handle.fileno()), has_secret=True)
