@@ -353,11 +353,15 @@ class Operation:
         self.finished = False
 
     def _take(self) -> socket.socket:
-        sock = self.owner.take_socket(self.task, self.fd)
-        self.sock = sock
-        self.timer = self.loop.call_at(self.deadline, self._on_timeout)
-        self.task.on_death.append(self._on_death)
-        return sock
+        self.sock = self.owner.take_socket(self.task, self.fd)
+        return self.sock
+
+    def _hold(self) -> None:
+        """Before going back to the loop: the deadline, and an end if the thread dies.
+        (Not earlier: the first handshake message goes out before this bookkeeping.)"""
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.deadline, self._on_timeout)
+            self.task.on_death.append(self._on_death)
 
     def _set_nonblocking(self) -> None:
         """Non-blocking for the supervisor's connect. The flag lives on the shared open
@@ -375,6 +379,7 @@ class Operation:
         out = machine.start()
         if out:
             self.sock.sendall(out, socket.MSG_DONTWAIT)
+        self._hold()
         self.loop.watch(self.sock, selectors.EVENT_READ, self._on_readable)
 
     def _on_readable(self) -> None:
@@ -484,6 +489,7 @@ class ConnectRedirect(Operation):
         if error in (0, errno.EISCONN):
             self._connected()
         elif error == errno.EALREADY:
+            self._hold()
             self.loop.watch(sock, selectors.EVENT_WRITE, self._on_writable)
         else:
             self.finish(-error, f"access point unreachable: {os.strerror(error)}")
