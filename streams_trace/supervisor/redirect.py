@@ -28,6 +28,7 @@ import selectors
 import socket
 import struct
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,8 @@ class Redirector:
             numbers["sendto"]: self.on_sendto,
             numbers["recvfrom"]: self.on_recvfrom,
         }
+        self.syscall_names = {numbers[name]: name for name in
+                              ("connect", "bind", "accept", "accept4")}  # for log lines
         self.pidfds: dict[int, int] = {}
         self._sockaddrs: dict[bytes, SockAddr] = {}  # raw sockaddr -> decoded (a small cache)
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
@@ -134,8 +137,56 @@ class Redirector:
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 return
+            self._fail_closed(task, nr, args, exc)
+
+    def _fail_closed(self, task: Task, nr: int, args: tuple[int, ...], exc: OSError) -> None:
+        """A handler failed at a syscall entry: never let a tunnel syscall run unchecked.
+
+        An accept on the tunnel's listening socket would hand the program an
+        unauthenticated connection, a bind to a tunnel port would listen without
+        the check, a connect to the tunnel would go to the fake address: those
+        fail (the program sees an error and may retry); anything else runs on.
+        When the failure hides which socket or address it is, assume the tunnel's.
+        """
+        numbers = self.tracer.arch.syscalls
+        result: int | None = None
+        if nr in (numbers["accept"], numbers["accept4"]):
+            if self._is_tunnel_listener(task, args[0]):
+                result = -errno.ECONNABORTED  # accept(2): "retry", as after a reset peer
+        elif nr == numbers["bind"]:
+            local = self._sockaddr_or_none(task, args[1], args[2])
+            if local is None or (local.is_ip and local.port in self.settings.listen_ports):
+                result = -errno.EACCES
+        elif nr == numbers["connect"]:
+            target = self._sockaddr_or_none(task, args[1], args[2])
+            if target is None or (self.access_point is not None
+                                  and target.is_ip and target.key in self.targets):
+                result = -errno.ECONNREFUSED
+        if result is None:
             log.debug("syscall %d of thread %d left alone: %s", nr, task.tid, exc)
             self.tracer.resume(task)
+            return
+        self.refused += 1
+        log.warning("%s of process %d refused, streams-run could not check it: %s",
+                    self.syscall_names.get(nr, str(nr)), task.tgid, exc)
+        self.tracer.complete(task, result)
+
+    def _is_tunnel_listener(self, task: Task, fd: int) -> bool:
+        marked: Collection[int] = (
+            self.relay.listener_of_inode.keys() if self.relay is not None else self.listeners)
+        if not marked:
+            return False
+        try:
+            return self.socket_inode(task, fd) in marked
+        except OSError:
+            return True  # cannot tell which socket: treat it as the tunnel's
+
+    def _sockaddr_or_none(self, task: Task, address: int, length: int) -> SockAddr | None:
+        """The sockaddr argument, or None when it cannot be read (the caller assumes the worst)."""
+        try:
+            return self._read_sockaddr(task, address, length) or SockAddr(0)
+        except OSError:
+            return None
 
     def forget_process(self, tgid: int) -> None:
         pidfd = self.pidfds.pop(tgid, None)
