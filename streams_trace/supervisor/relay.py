@@ -260,12 +260,20 @@ class Relay:
             except OSError as exc:  # the program's own bind would have failed the same way
                 self.tracer.complete(task, -(exc.errno or errno.EADDRINUSE))
                 return
-        # A private port: the kernel picks one, we give it back, the program binds it.
-        with own_socket_for(local) as probe:
-            probe.bind(python_tuple(loopback_for(local, 0)))
-            private = loopback_for(local, probe.getsockname()[1])
-        data = sa_codec.encode(private)
-        inode = self.owner.socket_inode(task, fd)
+        try:
+            inode = self.owner.socket_inode(task, fd)
+            # A private port: the kernel picks one, we give it back, the program binds it.
+            # The probe stays bound until the last moment; what remains is the gap from
+            # its close to the program's bind: a process binding that very port then
+            # makes the program's bind fail (EADDRINUSE), which ``bound`` cleans up.
+            with own_socket_for(local) as probe:
+                probe.bind(python_tuple(loopback_for(local, 0)))
+                private = loopback_for(local, probe.getsockname()[1])
+                data = sa_codec.encode(private)
+        except OSError:
+            if created:
+                listener.close()  # not watched and bound with no program socket behind it
+            raise
 
         def bound(info: pt.SyscallInfo, slot: int) -> None:
             assert listener is not None
@@ -283,7 +291,12 @@ class Relay:
                           local, task.tgid, private, local)
             self.tracer.resume(task)
 
-        self.run_with_private(task, data, lambda slot: {1: slot, 2: len(data)}, bound)
+        try:
+            self.run_with_private(task, data, lambda slot: {1: slot, 2: len(data)}, bound)
+        except OSError:
+            if created:
+                listener.close()
+            raise
 
     def accept(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
         """The program accepts on a relayed socket: let only the supervisor's connections in."""
