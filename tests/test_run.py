@@ -566,7 +566,7 @@ def test_fallback_without_seccomp_still_redirects(tunnel: Gateway, echo: EchoLis
     code, out, err = initiator_run(tunnel, str(musl_client), name, port,
                                    env={"STREAMS_TRACE_SECCOMP": "off"})
     assert (code, out) == (0, "echo:hello 0\nok 1\n"), err
-    assert "no seccomp filter" in err and "every system call" in err
+    assert "no seccomp filter (disabled)" in err and "every system call" in err
 
 
 def test_streams_trace_run_is_the_same_command(tunnel: Gateway) -> None:

@@ -35,13 +35,13 @@ def spawn(
     env: dict[str, str],
     program: list[tuple[int, int, int, int]] | None,
     seize: Callable[[int], None],
-    before_exec: Callable[[int, bool], None],
+    before_exec: Callable[[int, bool, str], None],
     signal_mask: set[int],
 ) -> Child:
     """Fork and exec ``argv`` traced; ``program`` None means "no seccomp filter".
 
-    ``seize(pid)`` attaches; ``before_exec(pid, filter_installed)`` runs once the
-    child knows whether the filter went in, before it may exec.
+    ``seize(pid)`` attaches; ``before_exec(pid, filter_installed, reason)`` runs once
+    the child knows whether the filter went in (``reason``: why not), before it may exec.
     """
     go_read, go_write = os.pipe()
     report_read, report_write = os.pipe()
@@ -94,12 +94,13 @@ def spawn(
         report += chunk
     os.close(report_read)
     installed = report[:1] == b"S"
+    reason = report[1:].decode(errors="replace")
     try:
-        before_exec(pid, installed)
+        before_exec(pid, installed, reason)
     finally:
         os.write(go_write, b"g")
         os.close(go_write)
-    return Child(pid, installed, report[1:].decode(errors="replace"))
+    return Child(pid, installed, reason)
 
 
 def exit_status(status: int) -> int:

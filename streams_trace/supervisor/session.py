@@ -73,17 +73,16 @@ def run(
     tracer.policy = redirector
     program = seccomp.build(RULES) if use_seccomp else None
 
-    def before_exec(pid: int, installed: bool) -> None:
+    def before_exec(pid: int, installed: bool, reason: str) -> None:
         if not installed:
             if not quiet:
                 log.warning(
                     "no seccomp filter (%s): stopping the program at every system call, "
                     "which makes it slower",
-                    child_reason[0] if child_reason else "unavailable",
+                    reason or "unavailable",
                 )
             tracer.enter_fallback(pid)
 
-    child_reason: list[str] = []
     try:
         child = launch.spawn(
             argv, dict(os.environ if env is None else env), program, _seize, before_exec,
