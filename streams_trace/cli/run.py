@@ -25,6 +25,7 @@ from .options import CONTACT
 
 INTERCEPT_PORT_ENV = re.compile(r"^GLOBUS_STREAMS_INTERCEPT_PORT_(\d+)$")
 SUPERVISOR_FAILED = 125
+DATA_PATH_ENV = "STREAMS_TRACE_DATA_PATH"
 
 log = logging.getLogger("streams_trace.run")
 
@@ -83,10 +84,10 @@ def intercept_ports(tunnel_id: str, environ: dict[str, str]) -> set[int]:
               metavar="SECONDS",
               help="Give up a tunnel connect (TCP and LAN handshake) after SECONDS.")
 @click.option("--data-path", type=click.Choice(["auto", "direct", "relay"]), default="auto",
-              show_default=True, envvar="STREAMS_TRACE_DATA_PATH",
+              show_default=True, envvar=DATA_PATH_ENV,
               help="direct: connect the program's own socket (pidfd_getfd); relay: move its "
                    "connect/bind to the supervisor and pump the bytes; auto: direct where "
-                   "pidfd_getfd works. Also $STREAMS_TRACE_DATA_PATH.")
+                   f"pidfd_getfd works. Also ${DATA_PATH_ENV}.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
 @click.argument("tunnel_id", metavar="TUNNEL_ID")
 @click.argument(

@@ -59,7 +59,6 @@ class Settings:
     contacts: list[Contact] = field(default_factory=list)  # --globus-contact and the conf's
     listen_ports: set[int] = field(default_factory=set)
     timeout: float = DEFAULT_TIMEOUT  # connect + handshake, per connection
-    resolve_names: bool = True
     # "direct": connect the program's own socket (pidfd_getfd); "relay": move its connect
     # and bind to loopback ports of the supervisor and pump the bytes (see relay.py).
     data_path: str = "direct"
@@ -115,7 +114,7 @@ class Redirector:
                 continue
             host = str(literal.ipv4_mapped or literal) if literal.version == 6 else str(literal)
             self.targets[(host, contact.port)] = str(contact)
-        self.dns = Responder(loop, self.names) if settings.resolve_names and self.names else None
+        self.dns = Responder(loop, self.names) if self.names else None
         self.redirected = 0
         self.refused = 0
         self.relay: Relay | None = None

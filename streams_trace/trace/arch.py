@@ -93,10 +93,6 @@ def set_syscall_args(regs: Any, args: tuple[int, ...]) -> None:
         setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
 
 
-def return_value(regs: Any) -> int:
-    return _signed(regs.rax)
-
-
 # Byte offsets in user_regs_struct (PTRACE_POKEUSER): skipping a syscall writes just
 # these two words, two small ptrace calls instead of a GETREGS/SETREGS round trip.
 _ORIG_RAX_OFFSET = 15 * 8
@@ -109,10 +105,6 @@ def skip_syscall_words(result: int) -> tuple[tuple[int, int], ...]:
     The (user area offset, value) words to poke: orig_rax -1 (no syscall), then rax.
     """
     return ((_ORIG_RAX_OFFSET, 0xFFFFFFFFFFFFFFFF), (_RAX_OFFSET, result & 0xFFFFFFFFFFFFFFFF))
-
-
-def set_return_value(regs: Any, result: int) -> None:
-    regs.rax = result & 0xFFFFFFFFFFFFFFFF
 
 
 def rewind_to_syscall(regs: Any, number: int, args: tuple[int, ...]) -> None:

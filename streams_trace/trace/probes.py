@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from . import ptraceapi as pt
 
 YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
-DATA_PATHS = ("auto", "direct", "relay")
-DATA_PATH_ENV = "STREAMS_TRACE_DATA_PATH"
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class Probe:
     detail: str  # what was found, in a few words
 
 
-def _paused_child(keep_fd: int | None = None) -> int:
+def _paused_child() -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child only waits to be killed
         try:
@@ -146,7 +144,7 @@ def pidfd_getfd() -> Probe:
 
 
 def choose_data_path(requested: str) -> tuple[str, str]:
-    """(data path, why) for ``requested`` in DATA_PATHS; auto probes pidfd_getfd once."""
+    """(data path, why) for ``requested`` (auto, direct or relay); auto probes pidfd_getfd once."""
     if requested != "auto":
         return requested, "asked for"
     probe = pidfd_getfd()

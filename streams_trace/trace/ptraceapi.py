@@ -25,7 +25,6 @@ PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
-PTRACE_GETSIGINFO = 0x4202
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
@@ -154,16 +153,6 @@ def event_message(tid: int) -> int:
     value = ctypes.c_ulong()
     _call(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(value))
     return value.value
-
-
-def has_siginfo(tid: int) -> bool:
-    """False for a group-stop (PTRACE_GETSIGINFO fails with EINVAL there)."""
-    buffer = ctypes.create_string_buffer(128)
-    try:
-        _call(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(buffer))
-    except OSError:
-        return False
-    return True
 
 
 # The same layout read with struct: one unpack instead of walking ctypes unions (that
