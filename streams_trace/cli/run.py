@@ -20,11 +20,11 @@ import click
 from ..conf import CONFIG_DIR_ENV
 from ..contact import Contact
 from ..errors import ExitCode, StreamsTraceError
+from ..supervisor import SUPERVISOR_FAILED
 from . import DEBUG_ENV
 from .options import CONTACT
 
 INTERCEPT_PORT_ENV = re.compile(r"^GLOBUS_STREAMS_INTERCEPT_PORT_(\d+)$")
-SUPERVISOR_FAILED = 125
 DATA_PATH_ENV = "STREAMS_TRACE_DATA_PATH"
 
 log = logging.getLogger("streams_trace.run")

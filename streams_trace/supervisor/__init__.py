@@ -5,3 +5,5 @@ at the bottom; ``tracer`` owns the process/thread table and the single
 ``waitpid(-1, __WALL)`` loop; ``redirect`` and ``dns`` decide what happens at a
 stopped connect, bind, accept or name lookup.
 """
+
+SUPERVISOR_FAILED = 125  # exit status when streams-run itself fails (not the program)

@@ -18,7 +18,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ..trace.sockaddr import SockAddr
+from ..trace.sockaddr import SockAddr, address_key
 from .loop import Loop
 
 log = logging.getLogger("streams_trace.run")
@@ -79,13 +79,6 @@ def build_answer(query: bytes, question: Question, ipv4: str | None) -> bytes:
     reply_flags = FLAG_QR | FLAG_RA | (flags & (FLAG_RD | OPCODE_MASK))
     header = HEADER.pack(query_id, reply_flags, 1, 1 if answers else 0, 0, 0)
     return header + query[HEADER.size : question.end] + answers
-
-
-def _client_key(address: tuple) -> tuple[str, int]:
-    host = str(address[0])
-    if host.startswith("::ffff:") and "." in host:
-        host = host[len("::ffff:") :]
-    return host, int(address[1])
 
 
 class Responder:
@@ -155,7 +148,7 @@ class Responder:
 
     def register(self, client: tuple, nameserver: SockAddr) -> None:
         """Queries from ``client`` (a program's socket) that are not ours go to ``nameserver``."""
-        self.nameserver_of[_client_key(client)] = nameserver
+        self.nameserver_of[address_key(client)] = nameserver
 
     def _on_query(self, sock: socket.socket) -> None:
         while True:
@@ -178,7 +171,7 @@ class Responder:
             self._forward(sock, query, client)
 
     def _forward(self, sock: socket.socket, query: bytes, client: tuple) -> None:
-        nameserver = self.nameserver_of.get(_client_key(client)) or \
+        nameserver = self.nameserver_of.get(address_key(client)) or \
             self.nameserver_of_socket.get(sock.fileno())
         if nameserver is None:
             return

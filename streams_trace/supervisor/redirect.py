@@ -310,7 +310,7 @@ class Redirector:
                 self.tracer.resume(task)
                 return
             sock.sendto(query, responder)
-            seen_as = _address_key(responder)
+            seen_as = sa_codec.address_key(responder)
             self.dns_sources[self.socket_inode(task, fd)] = (seen_as, nameserver)
         finally:
             sock.close()
@@ -374,13 +374,6 @@ class Redirector:
             self.tracer.resume(task)
             return
         AcceptCheck(self, task, int(info.rval), nr, args).start()
-
-
-def _address_key(address: tuple) -> tuple[str, int]:
-    host = str(address[0])
-    if host.startswith("::ffff:") and "." in host:
-        host = host[len("::ffff:") :]
-    return host, int(address[1])
 
 
 class Operation:
@@ -546,13 +539,9 @@ class ConnectRedirect(Operation):
 
     def _destination(self, family: int) -> tuple | None:
         host, port = self.access_point.host, self.access_point.port
-        if family == socket.AF_INET6:
-            if ":" not in host:
-                host = "::ffff:" + host
-            return (host, port, 0, 0)
-        if ":" in host:
+        if family != socket.AF_INET6 and ":" in host:
             return None
-        return (host, port)
+        return sa_codec.python_address(SockAddr(family, host, port), family)
 
     def _on_writable(self) -> None:
         assert self.sock is not None

@@ -97,12 +97,6 @@ def own_socket_for(address: SockAddr) -> socket.socket:
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
-def python_tuple(address: SockAddr) -> tuple:
-    if address.family == socket.AF_INET6 and not address.mapped:
-        return (address.host, address.port, 0, 0)
-    return (address.host, address.port)
-
-
 class Relay:
     """The relay-mode half of the policy; the Redirector hands it stopped syscalls."""
 
@@ -267,7 +261,7 @@ class Relay:
             # its close to the program's bind: a process binding that very port then
             # makes the program's bind fail (EADDRINUSE), which ``bound`` cleans up.
             with own_socket_for(local) as probe:
-                probe.bind(python_tuple(loopback_for(local, 0)))
+                probe.bind(sa_codec.python_address(loopback_for(local, 0), probe.family))
                 private = loopback_for(local, probe.getsockname()[1])
                 data = sa_codec.encode(private)
         except OSError:
@@ -373,7 +367,7 @@ class RelayConnect(ConnectRedirect):
     def _enter_program(self, outcome: str) -> None:
         entry = own_socket_for(self.target)
         self.entry = entry
-        entry.bind(python_tuple(loopback_for(self.target, 0)))
+        entry.bind(sa_codec.python_address(loopback_for(self.target, 0), entry.family))
         entry.listen(8)
         entry.setblocking(False)
         private = loopback_for(self.target, entry.getsockname()[1])
@@ -561,10 +555,10 @@ class ListenerRelay(Operation):
         inner = own_socket_for(private)
         inner.setblocking(False)
         try:
-            inner.bind(python_tuple(loopback_for(private, 0)))
-            local = _key(inner.getsockname())
+            inner.bind(sa_codec.python_address(loopback_for(private, 0), inner.family))
+            local = sa_codec.address_key(inner.getsockname())
             self.relay.expected_peers.add(local)
-            error = inner.connect_ex(python_tuple(private))
+            error = inner.connect_ex(sa_codec.python_address(private, inner.family))
         except OSError as exc:
             inner.close()
             self._fail(f"{outcome}, but the private port failed: {exc}")
@@ -612,13 +606,6 @@ class ListenerRelay(Operation):
                   self.listener.local, self.peer, outcome, self.elapsed_ms())
 
 
-def _key(address: tuple) -> tuple[str, int]:
-    host = str(address[0])
-    if host.startswith("::ffff:") and "." in host:
-        host = host[len("::ffff:") :]
-    return host, int(address[1])
-
-
 def _text(address: tuple) -> str:
-    host, port = _key(address)
+    host, port = sa_codec.address_key(address)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

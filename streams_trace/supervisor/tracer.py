@@ -44,7 +44,6 @@ FORWARDED_SIGNALS = {
     signal.SIGUSR1, signal.SIGUSR2, signal.SIGTSTP,
 }
 SI_KERNEL = 0x80  # siginfo si_code of a signal the terminal sent to the whole job
-SUPERVISOR_FAILED = 125
 
 ExitCallback = Callable[[pt.SyscallInfo], None]
 

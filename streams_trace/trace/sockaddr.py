@@ -87,3 +87,11 @@ def python_address(address: SockAddr, family: int) -> tuple[str, int] | tuple[st
         host = f"::ffff:{address.host}" if ":" not in address.host else address.host
         return (host, address.port, 0, 0)
     return (address.host, address.port)
+
+
+def address_key(address: tuple) -> tuple[str, int]:
+    """A Python socket address as (host, port), like ``SockAddr.key`` (v4-mapped as IPv4)."""
+    host = str(address[0])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:") :]
+    return host, int(address[1])
