@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from streams_trace import conf  # noqa: E402
 from streams_trace.client import Listener  # noqa: E402
+from streams_trace.contact import free_port  # noqa: E402
 
 STREAMS_RUN = [sys.executable, "-c", "from streams_trace.cli.run import main; main()"]
 BLOCK = 1 << 20
@@ -73,12 +74,6 @@ else:
         times.append(time.perf_counter() - t0)
     print(amount / (time.perf_counter() - started), statistics.median(times))
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def serve(listener: Listener) -> None:
