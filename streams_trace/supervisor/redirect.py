@@ -319,10 +319,13 @@ class Redirector:
         self.tracer.complete(task, length)
 
     def on_recvfrom(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
-        if not self.dns_sources or self.socket_inode(task, args[0]) not in self.dns_sources:
+        if not self.dns_sources:
             self.tracer.resume(task)
             return
         inode = self.socket_inode(task, args[0])
+        if inode not in self.dns_sources:
+            self.tracer.resume(task)
+            return
         self.tracer.run_to_exit(task, lambda info: self._received(task, inode, args, info))
 
     def _received(self, task: Task, inode: int, args: tuple[int, ...],

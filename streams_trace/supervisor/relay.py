@@ -515,6 +515,7 @@ class ListenerRelay(Operation):
         self.peer = _text(peer)
         self.inner: socket.socket | None = None
         self.inner_timer: Timer | None = None
+        self.accepted: str | None = None  # the handshake's outcome once it let the peer in
 
     def start(self) -> None:
         self.timer = self.loop.call_at(self.deadline, self._on_timeout)
@@ -545,6 +546,7 @@ class ListenerRelay(Operation):
             return
         if self.sock is not None:
             self.loop.unwatch(self.sock)
+        self.accepted = outcome
         self._connect_inner(outcome)
 
     def _connect_inner(self, outcome: str) -> None:
@@ -595,6 +597,12 @@ class ListenerRelay(Operation):
     def timed_out(self) -> None:
         if self.inner_timer is not None:
             self.inner_timer.cancel()
+            self.inner_timer = None
+        if self.accepted is not None:
+            # The handshake is done; the program's private port never took the connection.
+            self._fail(f"{self.accepted}, but the connect to the program's private port "
+                       f"{self.listener.private} timed out")
+            return
         self.handshake_done(False, "handshake timed out")
 
     def _pair_done(self, to_program: int, to_access: int, reset: bool) -> None:
