@@ -43,7 +43,7 @@ from .loop import Loop, Timer
 from .tracer import Task, Tracer
 
 if TYPE_CHECKING:
-    from .relay import Relay
+    from .relay_mode import Relay
 
 log = logging.getLogger("streams_trace.run")
 
@@ -60,7 +60,7 @@ class Settings:
     listen_ports: set[int] = field(default_factory=set)
     timeout: float = DEFAULT_TIMEOUT  # connect + handshake, per connection
     # "direct": connect the program's own socket (pidfd_getfd); "relay": move its connect
-    # and bind to loopback ports of the supervisor and pump the bytes (see relay.py).
+    # and bind to loopback ports of the supervisor and pump the bytes (see relay_mode.py).
     data_path: str = "direct"
     pump: str | None = None  # relay mode's pump: None/"auto", "native" or "python"
 
@@ -120,7 +120,7 @@ class Redirector:
         self.relay: Relay | None = None
         if settings.data_path == "relay":
             from ..relay import best_pump
-            from .relay import Relay
+            from .relay_mode import Relay
 
             self.relay = Relay(self, loop, lambda: best_pump(settings.pump))
 
