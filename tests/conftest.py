@@ -81,6 +81,16 @@ def start_gateway(tmp_path: Path, *extra: str, listener_port: int | None = None,
     return Gateway(process, line, initiator_dir, listener_dir, listener_port)
 
 
+@pytest.fixture(scope="module")
+def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One local gateway for a whole test module; its tests take turns on the listener port."""
+    running = start_gateway(tmp_path_factory.mktemp("gateway"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     """A local gateway whose listener side expects a program on a free loopback port."""

@@ -26,7 +26,7 @@ from streams_trace import conf as confmod
 from streams_trace.handshake import Connector
 from streams_trace.lan import handshake_blocking
 
-from .conftest import Gateway, start_gateway
+from .conftest import Gateway
 from .test_run import (
     _PTRACE_PROBLEM,
     PROGRAMS,
@@ -72,15 +72,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-@pytest.fixture(scope="module")
-def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    running = start_gateway(tmp_path_factory.mktemp("gateway"))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from streams_trace.contact import parse_contact
 from streams_trace.handshake import Connector
 from streams_trace.lan import HandshakeError, handshake_blocking
 
-from .conftest import Gateway, free_port, ptrace_problem, start_gateway
+from .conftest import Gateway, free_port, ptrace_problem
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = REPO / "tests" / "programs"
@@ -140,16 +140,6 @@ def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Every test runs in both data paths: streams-run reads $STREAMS_TRACE_DATA_PATH."""
     monkeypatch.setenv("STREAMS_TRACE_DATA_PATH", request.param)
     return str(request.param)
-
-
-@pytest.fixture(scope="module")
-def tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """One local gateway for the module; each test uses its listener port in turn."""
-    running = start_gateway(tmp_path_factory.mktemp("gateway"))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

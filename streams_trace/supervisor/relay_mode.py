@@ -202,14 +202,20 @@ class Relay:
 
     # -- names -------------------------------------------------------------------------
 
-    def redirect_dns_connect(self, task: Task, nameserver: SockAddr) -> None:
+    def _responder(self, task: Task, nameserver: SockAddr) -> SockAddr | None:
+        """The responder that stands in for ``nameserver``; None when the task went on as is."""
         dns = self.owner.dns
         assert dns is not None
         if not self.ensure_scratch(task):
-            return
+            return None
         responder = dns.address_for_nameserver(nameserver.family, nameserver)
         if responder is None:
             self.tracer.resume(task)
+        return responder
+
+    def redirect_dns_connect(self, task: Task, nameserver: SockAddr) -> None:
+        responder = self._responder(task, nameserver)
+        if responder is None:
             return
         data = sa_codec.encode(responder)
         log.debug("dns: queries of process %d to %s go through the tunnel's responder",
@@ -218,13 +224,8 @@ class Relay:
                               lambda info, slot: self.tracer.resume(task))
 
     def redirect_dns_sendto(self, task: Task, fd: int, nameserver: SockAddr) -> None:
-        dns = self.owner.dns
-        assert dns is not None
-        if not self.ensure_scratch(task):
-            return
-        responder = dns.address_for_nameserver(nameserver.family, nameserver)
+        responder = self._responder(task, nameserver)
         if responder is None:
-            self.tracer.resume(task)
             return
         data = sa_codec.encode(responder)
         self.owner.dns_sources[self.owner.socket_inode(task, fd)] = (responder.key, nameserver)
