@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import selectors
 import socket
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streams_trace.run")
 
-PROT_READ, PROT_WRITE = 0x1, 0x2
-MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 SCRATCH_SIZE = 64 * 1024
 SLOT_SIZE = 128  # a sockaddr_storage
 ADDRLEN_OFFSET = 120  # where a slot keeps an accept's socklen_t
@@ -158,8 +157,8 @@ class Relay:
 
         self.tracer.run_instead(
             task, arch.number("mmap"),
-            (0, SCRATCH_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-             0xFFFFFFFFFFFFFFFF, 0),
+            (0, SCRATCH_SIZE, mmap.PROT_READ | mmap.PROT_WRITE,
+             mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, 0xFFFFFFFFFFFFFFFF, 0),
             mapped,
         )
         return False

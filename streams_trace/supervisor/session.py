@@ -13,10 +13,11 @@ from ..errors import StreamsTraceError
 from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import seccomp
+from ..trace.signalfd import SignalFd
 from . import SUPERVISOR_FAILED, launch
 from .loop import Loop
 from .redirect import Redirector, Settings
-from .tracer import FORWARDED_SIGNALS, OPTIONS, SI_KERNEL, SignalFd, Tracer
+from .tracer import FORWARDED_SIGNALS, OPTIONS, SI_KERNEL, Tracer
 
 log = logging.getLogger("streams_trace.run")
 
