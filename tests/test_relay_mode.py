@@ -4,7 +4,8 @@ The whole streams-run suite (test_run.py) already runs in both data paths; these
 tests cover the relay's own parts: the program's sockaddr buffer is left alone
 (it is read-only here), an intruder on the private port never reaches a
 listening program, killing the supervisor ends the pump helper, and the
-supervisor keeps no file descriptor after many relayed connections.
+supervisor keeps no file descriptor after many relayed connections, and 1000
+connections open at once all arrive intact.
 """
 
 from __future__ import annotations
@@ -235,3 +236,53 @@ def test_no_descriptor_left_after_many_relayed_connections(tunnel: Gateway, echo
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.communicate()
+
+
+def test_1000_concurrent_relayed_connections_with_checksums_leave_no_descriptor(
+        tunnel: Gateway) -> None:
+    """1000 connections open at once through relay mode, each checked by its SHA-256;
+    afterwards neither the supervisor nor the pump helper holds a descriptor more."""
+    count = 1000
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("peers.py")), "server", tunnel.tunnel_id,
+         str(tunnel.listener_dir), "--connections", str(count + 1)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    supervisor = None
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "READY"
+        name, port = fake_contact(tunnel)
+        supervisor = subprocess.Popen(
+            [*STREAMS_RUN, "--config-dir", str(tunnel.initiator_dir), *RELAY, tunnel.tunnel_id,
+             sys.executable, str(PROGRAMS / "many_client.py"), name, port, str(count), "3000"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert supervisor.stdout is not None and supervisor.stdin is not None
+        assert supervisor.stdout.readline() == "ready\n"
+
+        def counts() -> tuple[int, dict[int, int]]:
+            helpers = [pid for pid in _children(supervisor.pid)  # type: ignore[union-attr]
+                       if Path(f"/proc/{pid}/comm").read_text().strip() == "streams-splice"]
+            return _fd_count(supervisor.pid), {pid: _fd_count(pid)  # type: ignore[union-attr]
+                                               for pid in helpers}
+
+        baseline = counts()
+        supervisor.stdin.write("go\n")
+        supervisor.stdin.flush()
+        assert supervisor.stdout.readline() == f"ok {count}\n"
+        deadline = time.monotonic() + 20
+        after = counts()
+        while after != baseline and time.monotonic() < deadline:
+            time.sleep(0.2)
+            after = counts()
+        assert after == baseline
+        supervisor.stdin.write("done\n")
+        supervisor.stdin.flush()
+        code, _, err = finish(supervisor, timeout=120)  # type: ignore[arg-type]
+        assert code == 0, err[-2000:]
+        out, err = server.communicate(timeout=60)
+        assert server.returncode == 0, err[-2000:]
+        assert len(out.splitlines()) == count + 1  # one line per connection served
+    finally:
+        for process in (supervisor, server):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
