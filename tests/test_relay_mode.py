@@ -270,7 +270,13 @@ def test_1000_concurrent_relayed_connections_with_checksums_leave_no_descriptor(
             return _fd_count(supervisor.pid), {pid: _fd_count(pid)  # type: ignore[union-attr]
                                                for pid in helpers}
 
-        baseline = counts()
+        # The warm-up pair may still be closing in the helper: wait for quiet counts.
+        baseline, previous = counts(), None
+        for _ in range(40):
+            if baseline == previous:
+                break
+            time.sleep(0.5)
+            previous, baseline = baseline, counts()
         supervisor.stdin.write("go\n")
         supervisor.stdin.flush()
         assert supervisor.stdout.readline() == f"ok {count}\n"
