@@ -4,6 +4,8 @@ Each test copies this checkout, installs the copy with pip into a fresh virtual
 environment (system site-packages visible for the dependencies; the package
 itself comes from the copy) and looks at what the install chose. pip builds in
 its usual isolated build environment, so setuptools comes from PyPI or pip's cache.
+The compiler-less install then runs the relay, native, gateway-data and whole
+streams-run suites of the copy, so relay mode there runs on the Python pump.
 """
 
 from __future__ import annotations
@@ -15,14 +17,35 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, free_port
+from streams_trace import conf
+
+from .conftest import REPO, free_port, ptrace_problem
 
 COPIED = ["setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "native",
-          "streams_trace", "tests"]
+          "streams_trace", "tests", "man"]
+
+# The system's program directories; without_compiler() mirrors them minus the compilers.
+SYSTEM_BIN = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+# C/C++ compilers and drivers (cc, gcc-12, x86_64-linux-gnu-gcc, musl-gcc, clang, c99, ...),
+# the preprocessor, and Go: nothing that could build a program may be found.
+COMPILER_NAME = re.compile(
+    r"gcc|g\+\+|c\+\+|clang|tcc|cc$|^c89|^c99|(^|-)cpp(-[\d.]+)?$|^go$|^gofmt$")
+COMPILERS = ["cc", "gcc", "c99", "clang", "tcc", "musl-gcc", "x86_64-linux-gnu-gcc", "go"]
+
+# The only reasons a test may skip in the compiler-less install: the native helper is
+# missing, or a test program cannot be built (tests/test_run.py, build_c and build_go).
+NATIVE_MISSING = ("the native helper is not built (no C compiler when streams-trace was "
+                  "installed)")
+NO_COMPILER_REASONS = {NATIVE_MISSING, "gcc is not installed (Debian: gcc)",
+                       "musl-gcc is not installed (Debian: musl-tools)",
+                       "go is not installed (Debian: golang-go)", "gcc is not installed"}
+# Programs the streams-run tests drive besides the ones they build.
+RUN_TOOLS = ["sh", "bash", "curl", "env", "true"]
 
 # Prints where streams_trace came from, the helper it found and the pump it picks.
 PROBE = """
@@ -70,13 +93,50 @@ def probe(python: Path, cwd: Path) -> dict[str, str]:
     return dict(json.loads(result.stdout))
 
 
-def without_compiler(venv: Path) -> dict[str, str]:
-    """An environment in which no C compiler can be found: PATH holds only the venv."""
-    env = {key: value for key, value in os.environ.items() if key not in ("CC", "CFLAGS")}
-    env["PATH"] = str(venv / "bin")
-    assert shutil.which("cc", path=env["PATH"]) is None
-    assert shutil.which("gcc", path=env["PATH"]) is None
+def without_compiler(venv: Path, tools: Path) -> dict[str, str]:
+    """An environment in which no compiler can be found but every other program can:
+    PATH holds the venv, then ``tools``, links to the system's programs minus compilers."""
+    tools.mkdir()
+    for directory in SYSTEM_BIN:
+        if not os.path.isdir(directory):
+            continue
+        for entry in sorted(os.scandir(directory), key=lambda item: item.name):
+            target = tools / entry.name
+            # First directory wins, as in a PATH search; /bin is /usr/bin on merged-/usr.
+            if COMPILER_NAME.search(entry.name) or os.path.lexists(target):
+                continue
+            if os.access(entry.path, os.X_OK) and not entry.is_dir():
+                target.symlink_to(entry.path)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("CC", "CFLAGS", "STREAMS_TRACE_DATA_PATH")}
+    env["PATH"] = f"{venv / 'bin'}:{tools}"
+    for compiler in COMPILERS:
+        assert shutil.which(compiler, path=env["PATH"]) is None, compiler
     return env
+
+
+def static_busybox() -> bool:
+    """True when /bin/busybox is static (Debian: busybox-static): it names no interpreter."""
+    try:
+        with open("/bin/busybox", "rb") as binary:
+            head = binary.read(4096)
+    except OSError:
+        return False
+    return b"/ld-linux" not in head and b"ld-musl" not in head
+
+
+def streams_run_problem() -> str | None:
+    """Why the streams-run suite cannot run here at all, or None."""
+    problem = ptrace_problem()
+    if problem is not None:
+        return problem
+    missing = [tool for tool in RUN_TOOLS if shutil.which(tool) is None]
+    if not static_busybox():
+        missing.append("a static /bin/busybox")
+    if missing:
+        return (f"the streams-run suite needs {', '.join(missing)} "
+                "(bash tests/run.sh installs them as root)")
+    return None
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
@@ -105,10 +165,13 @@ def test_pip_install_with_a_failing_compiler_still_succeeds(tmp_path: Path) -> N
 def test_editable_install_without_any_compiler_passes_the_suite_on_the_python_pump(
     tmp_path: Path,
 ) -> None:
+    problem = streams_run_problem()
+    if problem is not None:
+        pytest.skip(problem)
     source = copy_checkout(tmp_path / "src")
     venv = tmp_path / "venv"
     python = make_venv(venv)
-    env = without_compiler(venv)
+    env = without_compiler(venv, tmp_path / "tools")
     result = pip_install(python, source, env, editable=True)
     assert "native splice helper not built: no C compiler" in result.stdout + result.stderr
     assert not (source / "streams_trace" / "relay" / "streams-splice").exists()
@@ -116,7 +179,8 @@ def test_editable_install_without_any_compiler_passes_the_suite_on_the_python_pu
     assert found == {"package": str(source / "streams_trace" / "__init__.py"), "helper": "",
                      "pump": "python-splice"}
 
-    # The gateway says which pump runs and why (-d).
+    # The gateway says which pump runs and why (-d); one relayed connection through it
+    # under streams-run --data-path relay, both sides, says the same.
     listener_port = free_port()
     gateway = subprocess.Popen(
         [str(python), "-m", "streams_trace", "-d", "gateway",
@@ -124,25 +188,75 @@ def test_editable_install_without_any_compiler_passes_the_suite_on_the_python_pu
          "--initiator-config-dir", str(tmp_path / "initiator"),
          "--listener-config-dir", str(tmp_path / "listener")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
-    assert gateway.stdout is not None
-    tunnel_id = gateway.stdout.readline().strip()
-    gateway.send_signal(signal.SIGTERM)
-    _, err = gateway.communicate(timeout=30)
+    try:
+        assert gateway.stdout is not None
+        tunnel_id = gateway.stdout.readline().strip()
+        relay_errors = (relay_once(python, env, tmp_path, source, tunnel_id, listener_port)
+                        if tunnel_id else ())
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        _, err = gateway.communicate(timeout=30)
     assert tunnel_id, err
-    assert ("data pump: python-splice (the native helper was not built: "
-            "no C compiler at install time)") in err
+    python_pump = "data pump: python-splice (the native helper was not built: " \
+                  "no C compiler at install time)"
+    assert python_pump in err
+    for side_errors in relay_errors:
+        assert "data path: relay" in side_errors and python_pump in side_errors, side_errors
+        assert "relay: data pump python-splice carries relayed connections" in side_errors
 
-    # The relay and native-helper tests of the copy, and the gateway's data tests, run
-    # by that install.
+    # The relay, native-helper and streams-run tests of the copy, and the gateway's data
+    # tests, run by that install; streams-run's relay path runs on the Python pump.
+    started = time.monotonic()
     suite = subprocess.run(
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-         "tests/test_relay.py", "tests/test_native.py", "tests/test_gateway.py", "-k",
+        [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-rs",
+         "tests/test_relay.py", "tests/test_native.py", "tests/test_run.py",
+         "tests/test_gateway.py", "-k",
          "not test_gateway or megabytes or connections_at_once or half_close or reset"],
         capture_output=True, text=True, cwd=source, env=env, timeout=900)
+    elapsed = time.monotonic() - started
     assert suite.returncode == 0, suite.stdout[-5000:] + suite.stderr[-2000:]
-    counts = {word: int(number) for number, word in
-              re.findall(r"(\d+) (passed|skipped|failed|error)", suite.stdout)}
-    # Only the native variants skip, saying why; every Python-pump and gateway test runs.
-    skip_lines = [line for line in suite.stdout.splitlines() if line.startswith("SKIPPED")]
-    assert skip_lines and all("the native helper is not built" in line for line in skip_lines)
-    assert counts.get("passed", 0) >= 13 and "failed" not in counts, counts
+    outcomes = dict(re.findall(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)",
+                               suite.stdout, re.MULTILINE))
+    # Only the native variants and the tests that build a program skip, saying why.
+    reasons = set(re.findall(r"^SKIPPED \[\d+\] [^:]+:\d+: (.*)$", suite.stdout, re.MULTILINE))
+    assert NATIVE_MISSING in reasons and reasons <= NO_COMPILER_REASONS, reasons
+    assert set(outcomes.values()) == {"PASSED", "SKIPPED"}, outcomes
+    # The streams-run suite passes the same tests in both data paths, and most of them.
+    run_passed = {name for name, outcome in outcomes.items()
+                  if name.startswith("tests/test_run.py::") and outcome == "PASSED"}
+    relay_passed = {name for name in run_passed if re.search(r"[\[-]relay[\]-]", name)}
+    direct_passed = {name for name in run_passed if re.search(r"[\[-]direct[\]-]", name)}
+    assert {name.replace("relay", "direct") for name in relay_passed} == direct_passed
+    assert len(relay_passed) >= 20, sorted(run_passed)
+    assert sum(1 for name, outcome in outcomes.items()
+               if not name.startswith("tests/test_run.py::") and outcome == "PASSED") >= 13
+    print(f"compiler-less install: {len(relay_passed)} streams-run tests passed per data "
+          f"path, {len(outcomes)} tests in {elapsed:.0f}s; skipped for: {sorted(reasons)}")
+
+
+def relay_once(python: Path, env: dict[str, str], tmp_path: Path, source: Path,
+               tunnel_id: str, listener_port: int) -> tuple[str, ...]:
+    """One echo through the tunnel, listener and initiator both under streams-run -d in
+    relay mode; returns both sides' stderr."""
+    run = [str(python), "-m", "streams_trace", "run", "-d", "--data-path", "relay"]
+    programs = source / "tests" / "programs"
+    server = subprocess.Popen(
+        [*run, "--config-dir", str(tmp_path / "listener"), tunnel_id, str(python),
+         str(programs / "echo_server.py"), str(listener_port), "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    try:
+        assert server.stdout is not None
+        assert "listening" in server.stdout.readline()
+        fake_port = conf.load(tunnel_id, tmp_path / "initiator").fake_port
+        client = subprocess.run(
+            [*run, "--config-dir", str(tmp_path / "initiator"), tunnel_id, str(python),
+             str(programs / "echo_client.py"), f"globus.{tunnel_id}", str(fake_port)],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+        assert (client.returncode, client.stdout) == (0, "echo:hello python\n"), client.stderr
+        out, server_errors = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert (server.returncode, out) == (0, "served 1\n"), server_errors
+    return server_errors, client.stderr
