@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,3 +101,49 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         yield running
     finally:
         running.stop()
+
+
+class EchoListener:
+    """The listener side as the client API: accept, authenticate, answer "echo:" + line."""
+
+    def __init__(self, tunnel_id: str, config_dir: Path) -> None:
+        import streams_trace
+
+        self.listener = streams_trace.listen(tunnel_id, config_dir=config_dir)
+        self.served = 0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            conn.sendall(b"echo:" + data)
+        with self.lock:
+            self.served += 1
+
+    def close(self) -> None:
+        self.listener.socket.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+@pytest.fixture
+def echo(tunnel: Gateway) -> Iterator[EchoListener]:
+    listener = EchoListener(tunnel.tunnel_id, tunnel.listener_dir)
+    try:
+        yield listener
+    finally:
+        listener.close()

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,11 @@ from streams_trace import conf as confmod
 from streams_trace.handshake import Connector
 from streams_trace.lan import handshake_blocking
 
-from .conftest import Gateway
+from .conftest import EchoListener, Gateway
 from .test_run import (
     _PTRACE_PROBLEM,
     PROGRAMS,
     STREAMS_RUN,
-    EchoListener,
     build_c,
     fake_contact,
     finish,
@@ -73,15 +71,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-@pytest.fixture
-def echo(tunnel: Gateway) -> Iterator[EchoListener]:
-    listener = EchoListener(tunnel.tunnel_id, tunnel.listener_dir)
-    try:
-        yield listener
-    finally:
-        listener.close()
 
 
 def _children(pid: int) -> list[int]:

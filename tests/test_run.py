@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from streams_trace.contact import parse_contact
 from streams_trace.handshake import Connector
 from streams_trace.lan import HandshakeError, handshake_blocking
 
-from .conftest import Gateway, free_port, ptrace_problem
+from .conftest import EchoListener, Gateway, free_port, ptrace_problem
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = REPO / "tests" / "programs"
@@ -81,43 +80,6 @@ def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, st
     return process.returncode, out, err
 
 
-class EchoListener:
-    """The listener side as the client API: accept, authenticate, answer "echo:" + line."""
-
-    def __init__(self, tunnel_id: str, config_dir: Path) -> None:
-        import streams_trace
-
-        self.listener = streams_trace.listen(tunnel_id, config_dir=config_dir)
-        self.served = 0
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            conn.sendall(b"echo:" + data)
-        with self.lock:
-            self.served += 1
-
-    def close(self) -> None:
-        self.listener.socket.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-
-
 def conf_with(source_dir: Path, tunnel_id: str, target: Path, **changes: object) -> Path:
     """A copy of a tunnel conf with some fields changed (contacts given as text)."""
     tunnel = confmod.load(tunnel_id, source_dir)
@@ -165,15 +127,6 @@ def go_client(built: Path) -> Path:
 @pytest.fixture(scope="module")
 def go_server(built: Path) -> Path:
     return build_go("server.go", built / "server-go")
-
-
-@pytest.fixture
-def echo(tunnel: Gateway) -> Iterator[EchoListener]:
-    listener = EchoListener(tunnel.tunnel_id, tunnel.listener_dir)
-    try:
-        yield listener
-    finally:
-        listener.close()
 
 
 def fake_contact(tunnel: Gateway) -> tuple[str, str]:
