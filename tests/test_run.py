@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
+import re
 import shutil
 import signal
 import socket
@@ -97,11 +99,16 @@ pytestmark = pytest.mark.skipif(_PTRACE_PROBLEM is not None, reason=_PTRACE_PROB
 # -- fixtures ----------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, params=["direct", "relay"])
+@pytest.fixture(autouse=True, params=["direct", "direct-ptrace", "relay"])
 def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs in both data paths: streams-run reads $STREAMS_TRACE_DATA_PATH."""
-    monkeypatch.setenv("STREAMS_TRACE_DATA_PATH", request.param)
-    return str(request.param)
+    """Every test runs in both data paths (streams-run reads $STREAMS_TRACE_DATA_PATH), the
+    direct one twice: connects held by seccomp user notification (the default), and
+    stopped under ptrace (STREAMS_TRACE_SECCOMP=trace, what older kernels get)."""
+    path, _, how = str(request.param).partition("-")
+    monkeypatch.setenv("STREAMS_TRACE_DATA_PATH", path)
+    if how == "ptrace":
+        monkeypatch.setenv("STREAMS_TRACE_SECCOMP", "trace")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -378,6 +385,29 @@ def test_64_threads_times_20_connections(tunnel: Gateway, echo: EchoListener,
     code, out, err = initiator_run(tunnel, str(c_client), "-t", "64", "-c", "20", name, port,
                                    timeout=300)
     assert code == 0 and out.endswith("ok 1280\n"), (out[-200:], err[-2000:])
+
+
+def test_a_storm_of_signals_does_not_cut_a_connect_short(tunnel: Gateway,
+                                                         echo: EchoListener) -> None:
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, sys.executable,
+                                   str(PROGRAMS / "signal_storm_client.py"), name, port, "100")
+    assert (code, out) == (0, "ok 100 signals yes\n"), err
+
+
+def test_debug_says_how_connects_are_held(tunnel: Gateway, echo: EchoListener,
+                                          data_path: str) -> None:
+    name, port = fake_contact(tunnel)
+    code, _, err = initiator_run(tunnel, sys.executable, str(PROGRAMS / "echo_client.py"),
+                                   name, port, options=("-d",))
+    assert code == 0, err
+    release = re.match(r"(\d+)\.(\d+)", platform.release())
+    killable_waits = release is not None and (int(release[1]), int(release[2])) >= (5, 19)
+    if (data_path == "direct" and os.environ.get("STREAMS_TRACE_SECCOMP") != "trace"
+            and killable_waits):
+        assert "(seccomp filter, connects by user notification)" in err
+    else:
+        assert "(seccomp filter, connects stop under ptrace" in err
 
 
 def test_forking_client(tunnel: Gateway, echo: EchoListener, musl_client: Path) -> None:

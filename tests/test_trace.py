@@ -9,6 +9,8 @@ import ctypes
 import errno
 import logging
 import os
+import platform
+import re
 import socket
 import struct
 from collections.abc import Iterator
@@ -17,8 +19,10 @@ import pytest
 
 from streams_trace.supervisor import dns
 from streams_trace.supervisor.redirect import Redirector, Settings
-from streams_trace.supervisor.tracer import Task
-from streams_trace.trace import arch, seccomp, sockaddr
+from streams_trace.supervisor.tracer import Task, TracedCall
+from streams_trace.trace import arch, ptraceapi, seccomp, sockaddr, usernotify
+
+from .conftest import ptrace_problem
 
 
 def test_sockaddr_round_trips_v4_v6_and_mapped() -> None:
@@ -58,6 +62,100 @@ def test_filter_checks_arch_first_and_traces_only_the_rules() -> None:
     assert seccomp.SECCOMP_RET_TRACE | seccomp.DATA_FOREIGN_ARCH in returns
     assert seccomp.SECCOMP_RET_TRACE | seccomp.DATA_REDIRECT in returns
     assert len(seccomp.pack(program)) == 8 * len(program)
+
+
+def test_filter_sends_notify_rules_to_the_listener_and_the_rest_to_the_tracer() -> None:
+    rules = [seccomp.Rule("connect"), seccomp.Rule("bind"), seccomp.Rule("sendto", nonzero_arg=4)]
+    program = seccomp.build(rules, notify={"connect"})
+    returns = [k for code, _, _, k in program if code == seccomp.BPF_RET | seccomp.BPF_K]
+    assert usernotify.SECCOMP_RET_USER_NOTIF in returns
+    assert seccomp.SECCOMP_RET_TRACE | seccomp.DATA_REDIRECT in returns  # bind, sendto
+    # The connect comparison jumps to the notify return, the bind comparison does not.
+    for index, (code, jt, _, k) in enumerate(program):
+        if code == seccomp.BPF_JMP | seccomp.BPF_JEQ | seccomp.BPF_K and jt:
+            target = program[index + 1 + jt][3]
+            if k == arch.native().number("connect"):
+                assert target == usernotify.SECCOMP_RET_USER_NOTIF
+            elif k == arch.native().number("bind"):
+                assert target == seccomp.SECCOMP_RET_TRACE | seccomp.DATA_REDIRECT
+
+
+def _notifying_child(connect_to: tuple[str, int]) -> tuple[int, int, socket.socket]:
+    """Fork a child whose connects are held by user notification; (pid, listener, report).
+
+    The child connects a TCP socket to ``connect_to`` and writes what connect said.
+    """
+    program = seccomp.build([seccomp.Rule("connect")], notify={"connect"})
+    parent_end, child_end = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            parent_end.close()
+            listener = seccomp.install(program, usernotify.SECCOMP_FILTER_FLAG_NEW_LISTENER)
+            assert listener is not None
+            socket.send_fds(child_end, [b"L"], [listener])
+            os.close(listener)
+            with socket.socket() as sock:
+                try:
+                    sock.connect(connect_to)
+                    child_end.sendall(b"0 " + str(sock.getpeername()[1]).encode())
+                except OSError as exc:
+                    child_end.sendall(str(exc.errno).encode())
+            os._exit(0)
+        except BaseException:
+            os._exit(98)
+    child_end.close()
+    _, fds, _, _ = socket.recv_fds(parent_end, 16, 1)
+    return pid, fds[0], parent_end
+
+
+def _user_notification_problem() -> str | None:
+    numbers = re.match(r"(\d+)\.(\d+)", platform.release())
+    if numbers and (int(numbers[1]), int(numbers[2])) < (5, 6):
+        return (f"Linux {platform.release()} lacks SECCOMP_USER_NOTIF_FLAG_CONTINUE (5.5) "
+                "or pidfd_getfd (5.6)")
+    return ptrace_problem()  # reading the child's memory needs ptrace rights
+
+
+@pytest.mark.parametrize("answer", ["complete", "fail", "continue"])
+def test_user_notification_holds_connect_until_the_supervisor_answers(answer: str) -> None:
+    problem = _user_notification_problem()
+    if problem:
+        pytest.skip(problem)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        pid, listener, report = _notifying_child(server.getsockname())
+        try:
+            held = usernotify.receive(listener)  # blocks until the child's connect
+            assert held.nr == arch.native().number("connect") and held.pid == pid
+            assert held.arch == arch.native().audit_arch
+            raw = ptraceapi.read_memory(held.pid, held.args[1], held.args[2])
+            assert sockaddr.decode(raw) == sockaddr.SockAddr(
+                socket.AF_INET, "127.0.0.1", server.getsockname()[1])
+            if answer == "complete":  # the supervisor's own connect on the child's socket
+                pidfd = os.pidfd_open(pid)
+                copy = socket.socket(fileno=ptraceapi.pidfd_getfd(pidfd, held.args[0]))
+                copy.connect(server.getsockname())
+                copy.close()
+                os.close(pidfd)
+                usernotify.respond(listener, held.id, 0)
+                expected = b"0 " + str(server.getsockname()[1]).encode()
+            elif answer == "fail":
+                usernotify.respond(listener, held.id, -errno.ECONNREFUSED)
+                expected = str(errno.ECONNREFUSED).encode()
+            else:
+                usernotify.respond_continue(listener, held.id)
+                expected = b"0 " + str(server.getsockname()[1]).encode()
+            assert report.recv(64) == expected
+            with pytest.raises(OSError) as gone:  # answered once: the id is spent
+                usernotify.respond(listener, held.id, 0)
+            assert gone.value.errno == errno.ENOENT
+        finally:
+            os.close(listener)
+            report.close()
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
 
 
 def _run_filtered_child(action: str) -> int:
@@ -195,7 +293,8 @@ def test_policy_fails_closed_on_tunnel_binds_and_connects_only(
         redirector.on_syscall(me, tracer.arch.number(nr), (gone, pointer, length))
     # What streams-run has no business with runs on even when checking it failed.
     buffer, pointer, length = _sockaddr_in_memory(other)
-    redirector._fail_closed(me, tracer.arch.number("connect"), (gone, pointer, length),
-                            OSError(errno.EIO, "ptrace"))
+    redirector._fail_closed(TracedCall(tracer, me),  # type: ignore[arg-type]
+                            tracer.arch.number("connect"),
+                            (gone, pointer, length), OSError(errno.EIO, "ptrace"))
     assert tracer.decisions == [("complete", -errno.EACCES), ("complete", -errno.ECONNREFUSED),
                                 ("resume", None)]

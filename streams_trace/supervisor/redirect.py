@@ -37,12 +37,14 @@ from ..contact import Contact, globus_name
 from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector, Handshake, State
 from ..trace import ptraceapi as pt
 from ..trace import sockaddr as sa_codec
+from ..trace.procfs import fd_inode
 from ..trace.sockaddr import SockAddr
 from .dns import Responder
 from .loop import Loop, Timer
-from .tracer import Task, Tracer
+from .tracer import HeldCall, Task, TracedCall, Tracer
 
 if TYPE_CHECKING:
+    from .notify import NotifiedCall, Notifier
     from .relay_mode import Relay
 
 log = logging.getLogger("streams_trace.run")
@@ -79,7 +81,7 @@ class Redirector:
         self.tunnel = settings.tunnel
         numbers = tracer.arch.syscalls
         self.handlers = {
-            numbers["connect"]: self.on_connect,
+            numbers["connect"]: self._on_traced_connect,
             numbers["bind"]: self.on_bind,
             numbers["accept"]: self.on_accept,
             numbers["accept4"]: self.on_accept,
@@ -118,6 +120,8 @@ class Redirector:
         self.redirected = 0
         self.refused = 0
         self.relay: Relay | None = None
+        # Set when the program's connects come by user notification (see notify.py).
+        self.notifier: Notifier | None = None
         if settings.data_path == "relay":
             from ..relay import best_pump
             from .relay_mode import Relay
@@ -136,9 +140,22 @@ class Redirector:
         except OSError as exc:
             if exc.errno == errno.ESRCH:
                 return
-            self._fail_closed(task, nr, args, exc)
+            self._fail_closed(TracedCall(self.tracer, task), nr, args, exc)
 
-    def _fail_closed(self, task: Task, nr: int, args: tuple[int, ...], exc: OSError) -> None:
+    def on_notified(self, call: NotifiedCall, nr: int, args: tuple[int, ...]) -> None:
+        """A connect held by user notification (the filter notifies for nothing else)."""
+        try:
+            self.on_connect(call, nr, args)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:  # the thread is gone: nobody waits for an answer
+                return
+            self._fail_closed(call, nr, args, exc)
+
+    def _on_traced_connect(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        self.on_connect(TracedCall(self.tracer, task), nr, args)
+
+    def _fail_closed(self, task: HeldCall, nr: int, args: tuple[int, ...],
+                     exc: OSError) -> None:
         """A handler failed at a syscall entry: never let a tunnel syscall run unchecked.
 
         An accept on the tunnel's listening socket would hand the program an
@@ -163,14 +180,14 @@ class Redirector:
                 result = -errno.ECONNREFUSED
         if result is None:
             log.debug("syscall %d of thread %d left alone: %s", nr, task.tid, exc)
-            self.tracer.resume(task)
+            task.resume()
             return
         self.refused += 1
         log.warning("%s of process %d refused, streams-run could not check it: %s",
                     self.syscall_names.get(nr, str(nr)), task.tgid, exc)
-        self.tracer.complete(task, result)
+        task.complete(result)
 
-    def _is_tunnel_listener(self, task: Task, fd: int) -> bool:
+    def _is_tunnel_listener(self, task: Task | HeldCall, fd: int) -> bool:
         marked: Collection[int] = (
             self.relay.listener_of_inode.keys() if self.relay is not None else self.listeners)
         if not marked:
@@ -180,7 +197,8 @@ class Redirector:
         except OSError:
             return True  # cannot tell which socket: treat it as the tunnel's
 
-    def _sockaddr_or_none(self, task: Task, address: int, length: int) -> SockAddr | None:
+    def _sockaddr_or_none(self, task: Task | HeldCall, address: int,
+                          length: int) -> SockAddr | None:
         """The sockaddr argument, or None when it cannot be read (the caller assumes the worst)."""
         try:
             return self._read_sockaddr(task, address, length) or SockAddr(0)
@@ -201,10 +219,13 @@ class Redirector:
             self.relay.close()
         if self.dns is not None:
             self.dns.close()
+        if self.notifier is not None:
+            self.notifier.close()
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _read_sockaddr(self, task: Task, address: int, length: int) -> SockAddr | None:
+    def _read_sockaddr(self, task: Task | HeldCall, address: int,
+                       length: int) -> SockAddr | None:
         if not address or not 2 <= length <= sa_codec.MAX_SOCKADDR:
             return None
         raw = pt.read_memory(task.tid, address, length)
@@ -218,7 +239,7 @@ class Redirector:
                 self._sockaddrs[raw] = decoded
         return decoded
 
-    def take_socket(self, task: Task, fd: int) -> socket.socket:
+    def take_socket(self, task: Task | HeldCall, fd: int) -> socket.socket:
         """The program's socket ``fd`` as a socket object of ours (the same open file)."""
         if self.relay is not None:  # relay mode must work where pidfd_getfd does not
             raise PidfdGetfdMissing(errno.EPERM, "relay mode does not take program sockets")
@@ -242,51 +263,53 @@ class Redirector:
             os.close(copy)
             raise
 
-    def socket_inode(self, task: Task, fd: int) -> int:
-        return os.stat(f"/proc/{task.tid}/fd/{fd}").st_ino
+    def socket_inode(self, task: Task | HeldCall, fd: int) -> int:
+        return fd_inode(task.tid, fd)
 
     # -- initiator side ----------------------------------------------------------------
 
-    def on_connect(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+    def on_connect(self, call: HeldCall, nr: int, args: tuple[int, ...]) -> None:
         fd, address, length = args[0], args[1], args[2]
-        target = self._read_sockaddr(task, address, length)
+        target = self._read_sockaddr(call, address, length)
         if target is None or not target.is_ip:
-            self.tracer.resume(task)
+            call.resume()
             return
         if target.port == DNS_PORT and self.dns is not None:
             if self.relay is not None:
-                self.relay.redirect_dns_connect(task, target)
+                assert isinstance(call, TracedCall)  # relay mode always stops under ptrace
+                self.relay.redirect_dns_connect(call.task, target)
             else:
-                self._redirect_dns(task, fd, target)
+                self._redirect_dns(call, fd, target)
             return
         name = self.targets.get(target.key)
         if name is None or self.access_point is None:
-            self.tracer.resume(task)
+            call.resume()
             return
         if self.relay is not None:
-            self.relay.connect(task, fd, target, name)
+            assert isinstance(call, TracedCall)
+            self.relay.connect(call, fd, target, name)
             return
-        ConnectRedirect(self, task, fd, target, name).start()
+        ConnectRedirect(self, call, fd, target, name).start()
 
-    def _redirect_dns(self, task: Task, fd: int, nameserver: SockAddr) -> None:
+    def _redirect_dns(self, call: HeldCall, fd: int, nameserver: SockAddr) -> None:
         assert self.dns is not None
-        sock = self.take_socket(task, fd)
+        sock = self.take_socket(call, fd)
         try:
             responder = self.dns.address_for(sock.family, nameserver.mapped)
             if sock.type != socket.SOCK_DGRAM or responder is None:
-                self.tracer.resume(task)
+                call.resume()
                 return
             try:
                 sock.connect(responder)
             except OSError as exc:
-                self.tracer.complete(task, -(exc.errno or errno.ECONNREFUSED))
+                call.complete(-(exc.errno or errno.ECONNREFUSED))
                 return
             self.dns.register(sock.getsockname(), nameserver)
         finally:
             sock.close()
         log.debug("dns: queries of process %d to %s go through the tunnel's responder",
-                  task.tgid, nameserver)
-        self.tracer.complete(task, 0)
+                  call.tgid, nameserver)
+        call.complete(0)
 
     def on_sendto(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
         """musl resolves with sendto() to each nameserver, without connect()."""
@@ -376,7 +399,7 @@ class Redirector:
         if info.is_error or info.rval < 0:
             self.tracer.resume(task)
             return
-        AcceptCheck(self, task, int(info.rval), nr, args).start()
+        AcceptCheck(self, TracedCall(self.tracer, task), int(info.rval), nr, args).start()
 
 
 class Operation:
@@ -384,22 +407,21 @@ class Operation:
 
     what = "connection"
 
-    def __init__(self, owner: Redirector, task: Task, fd: int) -> None:
+    def __init__(self, owner: Redirector, call: HeldCall, fd: int) -> None:
         self.owner = owner
         self.loop: Loop = owner.loop
-        self.task = task
+        self.call = call
         self.fd = fd
         self.started = time.monotonic()
         self.deadline = self.started + owner.settings.timeout
         self.sock: socket.socket | None = None
         self.saved_flags: int | None = None
-        self.saved_nodelay: int | None = None
         self.machine: Handshake | None = None
         self.timer: Timer | None = None
         self.finished = False
 
     def _take(self) -> socket.socket:
-        self.sock = self.owner.take_socket(self.task, self.fd)
+        self.sock = self.owner.take_socket(self.call, self.fd)
         return self.sock
 
     def _hold(self) -> None:
@@ -407,7 +429,7 @@ class Operation:
         (Not earlier: the first handshake message goes out before this bookkeeping.)"""
         if self.timer is None:
             self.timer = self.loop.call_at(self.deadline, self._on_timeout)
-            self.task.on_death.append(self._on_death)
+            self.call.on_death.append(self._on_death)
 
     def _set_nonblocking(self) -> None:
         """Non-blocking for the supervisor's connect. The flag lives on the shared open
@@ -465,17 +487,12 @@ class Operation:
         """Put the program's own socket settings back (they live on the shared file)."""
         if self.sock is None:
             return
-        if self.saved_nodelay == 0:
-            try:
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
-            except OSError:
-                pass
         if self.saved_flags is not None:
             try:
                 fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, self.saved_flags)
             except OSError:
                 pass
-        self.saved_nodelay = self.saved_flags = None
+        self.saved_flags = None
 
     def _release(self) -> None:
         """Put the program's settings back and drop our copy of its socket."""
@@ -487,8 +504,9 @@ class Operation:
             self._restore()
             self.sock.close()
             self.sock = None
-        if self._on_death in self.task.on_death:
-            self.task.on_death.remove(self._on_death)
+        on_death = self.call.on_death
+        if self._on_death in on_death:
+            on_death.remove(self._on_death)
 
     def elapsed_ms(self) -> str:
         return f"{(time.monotonic() - self.started) * 1000:.2f} ms"
@@ -503,8 +521,9 @@ class Operation:
 class ConnectRedirect(Operation):
     """A program's connect to the tunnel, carried out by the supervisor on its socket."""
 
-    def __init__(self, owner: Redirector, task: Task, fd: int, target: SockAddr, name: str) -> None:
-        super().__init__(owner, task, fd)
+    def __init__(self, owner: Redirector, call: HeldCall, fd: int, target: SockAddr,
+                 name: str) -> None:
+        super().__init__(owner, call, fd)
         self.target = target
         self.name = name
         assert owner.access_point is not None
@@ -519,7 +538,7 @@ class ConnectRedirect(Operation):
             return
         if sock.type != socket.SOCK_STREAM:
             self._release()
-            self.owner.tracer.resume(self.task)
+            self.call.resume()
             return
         destination = self._destination(sock.family)
         if destination is None:
@@ -560,11 +579,8 @@ class ConnectRedirect(Operation):
         if self.saved_flags is not None:  # the connect is done: the program's flags again
             fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, self.saved_flags)
             self.saved_flags = None
-        # The handshake is four small messages: no Nagle delay for them. The program's own
-        # setting is put back before it runs again.
-        self.saved_nodelay = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        if not self.saved_nodelay:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No TCP_NODELAY needed: each handshake message goes out only once the peer's
+        # answer (which acknowledges the one before) is in, so Nagle never holds one back.
         secret = self.owner.tunnel.secret
         if secret is None:
             self.finish(0, "connected (no LAN secret)")
@@ -596,7 +612,7 @@ class ConnectRedirect(Operation):
         # The program waits on this: its settings back, its connect completed, and only
         # then our own clean-up (our copy of the socket is not the program's).
         self._restore()
-        self.owner.tracer.complete(self.task, result)
+        self.call.complete(result)
         self._release()
         if result == 0:
             self.owner.redirected += 1
@@ -605,7 +621,7 @@ class ConnectRedirect(Operation):
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "connect fd %d of process %d to %s (%s) -> initiator access point %s: %s in %s%s",
-                self.fd, self.task.tgid, self.name, self.target, self.access_point, outcome,
+                self.fd, self.call.tgid, self.name, self.target, self.access_point, outcome,
                 self.elapsed_ms(),
                 "" if result == 0
                 else f", the program gets {errno.errorcode.get(-result, result)}",
@@ -615,9 +631,10 @@ class ConnectRedirect(Operation):
 class AcceptCheck(Operation):
     """Authenticate a connection the program just accepted, before its accept returns."""
 
-    def __init__(self, owner: Redirector, task: Task, fd: int, nr: int,
+    def __init__(self, owner: Redirector, call: TracedCall, fd: int, nr: int,
                  args: tuple[int, ...]) -> None:
-        super().__init__(owner, task, fd)
+        super().__init__(owner, call, fd)
+        self.task = call.task
         self.nr = nr
         self.args = args
         self.peer = "peer"
@@ -647,7 +664,7 @@ class AcceptCheck(Operation):
         if ok:
             self.owner.redirected += 1
             self._restore()
-            self.owner.tracer.resume(self.task)  # the program waits on this; clean up after
+            self.call.resume()  # the program waits on this; clean up after
             self._release()
         else:
             self.owner.refused += 1

@@ -44,7 +44,7 @@ from ..trace import sockaddr as sa_codec
 from ..trace.sockaddr import SockAddr
 from .loop import Loop, Timer
 from .redirect import ConnectRedirect, Operation, Redirector
-from .tracer import Task
+from .tracer import Task, TracedCall
 
 if TYPE_CHECKING:
     from ..relay import Pump
@@ -235,10 +235,10 @@ class Relay:
 
     # -- initiator side ----------------------------------------------------------------
 
-    def connect(self, task: Task, fd: int, target: SockAddr, name: str) -> None:
-        if not self.ensure_scratch(task):
+    def connect(self, call: TracedCall, fd: int, target: SockAddr, name: str) -> None:
+        if not self.ensure_scratch(call.task):
             return
-        RelayConnect(self.owner, self, task, fd, target, name).start()
+        RelayConnect(self.owner, self, call, fd, target, name).start()
 
     # -- listener side -----------------------------------------------------------------
 
@@ -327,9 +327,10 @@ class Relay:
 class RelayConnect(ConnectRedirect):
     """A program's connect: access point and handshake first, then a private loopback hop."""
 
-    def __init__(self, owner: Redirector, relay: Relay, task: Task, fd: int, target: SockAddr,
-                 name: str) -> None:
-        super().__init__(owner, task, fd, target, name)
+    def __init__(self, owner: Redirector, relay: Relay, call: TracedCall, fd: int,
+                 target: SockAddr, name: str) -> None:
+        super().__init__(owner, call, fd, target, name)
+        self.task = call.task  # relay mode works on the stopped thread itself
         self.relay = relay
         self.entry: socket.socket | None = None  # the private loopback port for this connect
         self.program_side: socket.socket | None = None
@@ -508,7 +509,8 @@ class ListenerRelay(Operation):
 
     def __init__(self, listener: TunnelListener, conn: socket.socket, peer: tuple) -> None:
         relay = listener.relay
-        super().__init__(relay.owner, Task(0, 0), conn.fileno())
+        # No program thread waits on this one: a placeholder that nobody resumes.
+        super().__init__(relay.owner, TracedCall(relay.tracer, Task(0, 0)), conn.fileno())
         self.listener = listener
         self.relay = relay
         self.sock = conn

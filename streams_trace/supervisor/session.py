@@ -16,6 +16,7 @@ from ..trace import seccomp
 from ..trace.signalfd import SignalFd
 from . import SUPERVISOR_FAILED, launch
 from .loop import Loop
+from .notify import Notifier
 from .redirect import Redirector, Settings
 from .tracer import FORWARDED_SIGNALS, OPTIONS, SI_KERNEL, Tracer
 
@@ -32,7 +33,9 @@ RULES = (
     seccomp.Rule("sendto", nonzero_arg=4),
     seccomp.Rule("recvfrom", nonzero_arg=4),
 )
-SECCOMP_ENV = "STREAMS_TRACE_SECCOMP"  # "off" forces the stop-at-every-syscall fallback
+# "trace": connects stop under ptrace too, never by user notification (for comparison);
+# "off": no filter, the stop-at-every-syscall fallback.
+SECCOMP_ENV = "STREAMS_TRACE_SECCOMP"
 
 
 class SupervisorError(StreamsTraceError):
@@ -65,14 +68,20 @@ def run(
         raise SupervisorError(
             f"streams-run supports x86_64 programs only, not {archmod.native().name}"
         )
+    seccomp_mode = os.environ.get(SECCOMP_ENV, "on").lower()
     if use_seccomp is None:
-        use_seccomp = os.environ.get(SECCOMP_ENV, "on").lower() not in ("off", "0", "no")
+        use_seccomp = seccomp_mode not in ("off", "0", "no")
     loop = Loop()
     signals = SignalFd({signal.SIGCHLD, *FORWARDED_SIGNALS})
     tracer = Tracer(loop)
     redirector = Redirector(tracer, loop, settings)
     tracer.policy = redirector
     program = seccomp.build(RULES) if use_seccomp else None
+    # The direct path's connects need no registers: user notification holds them
+    # without a ptrace stop. Relay mode rewrites the connect's arguments, so it stops.
+    notify_program = None
+    if program is not None and settings.data_path == "direct" and seccomp_mode != "trace":
+        notify_program = seccomp.build(RULES, notify={"connect"})
 
     def before_exec(pid: int, installed: bool, reason: str) -> None:
         if not installed:
@@ -87,14 +96,22 @@ def run(
     try:
         child = launch.spawn(
             argv, dict(os.environ if env is None else env), program, _seize, before_exec,
-            signals.previous_mask,
+            signals.previous_mask, notify_program,
         )
     except BaseException:
         redirector.close()
         signals.close()
         raise
-    log.debug("started %s as process %d (%s)", argv[0], child.pid,
-              "seccomp filter" if child.filter_installed else "every syscall stops")
+    if child.listener is not None:
+        redirector.notifier = Notifier(loop, child.listener, tracer, redirector)
+        tracer.on_signal_stop = redirector.notifier.on_signal_stop
+        how = "seccomp filter, connects by user notification"
+    elif child.filter_installed:
+        how = "seccomp filter, connects stop under ptrace" + (
+            f" (no user notification: {child.notify_reason})" if child.notify_reason else "")
+    else:
+        how = "every syscall stops"
+    log.debug("started %s as process %d (%s)", argv[0], child.pid, how)
     tracer.adopt(child.pid)
 
     def on_signals() -> None:

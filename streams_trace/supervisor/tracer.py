@@ -21,6 +21,7 @@ from typing import Protocol
 from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import seccomp
+from ..trace.procfs import tgid_of
 from .loop import Loop
 
 log = logging.getLogger("streams_trace.run")
@@ -59,6 +60,44 @@ class Task:
     on_death: list[Callable[[], None]] = field(default_factory=list)
 
 
+class HeldCall(Protocol):
+    """A syscall of a program thread waiting for the supervisor's decision.
+
+    Held at a ptrace stop (``TracedCall``) or by seccomp user notification
+    (``notify.NotifiedCall``); the policy answers both alike.
+    """
+
+    tid: int
+    tgid: int
+
+    @property
+    def on_death(self) -> list[Callable[[], None]]: ...
+    def complete(self, result: int) -> None: ...  # it returns ``result`` without running
+    def resume(self) -> None: ...  # it runs as the program made it
+
+
+class TracedCall:
+    """A syscall held at a ptrace (seccomp or syscall-entry) stop."""
+
+    __slots__ = ("task", "tgid", "tid", "tracer")
+
+    def __init__(self, tracer: Tracer, task: Task) -> None:
+        self.tracer = tracer
+        self.task = task
+        self.tid = task.tid
+        self.tgid = task.tgid
+
+    @property
+    def on_death(self) -> list[Callable[[], None]]:
+        return self.task.on_death
+
+    def complete(self, result: int) -> None:
+        self.tracer.complete(self.task, result)
+
+    def resume(self) -> None:
+        self.tracer.resume(self.task)
+
+
 class Policy(Protocol):
     def on_syscall(self, task: Task, nr: int, args: tuple[int, ...]) -> None: ...
     def forget_process(self, tgid: int) -> None: ...
@@ -75,6 +114,8 @@ class Tracer:
         self.main_status: int | None = None
         self.failure: str | None = None  # set when the supervisor itself ends the program
         self.stopped_self = False
+        # Called at each signal-delivery-stop before the signal goes on (notify.py's fix-up).
+        self.on_signal_stop: Callable[[Task], None] | None = None
 
     # -- start -------------------------------------------------------------------------
 
@@ -201,7 +242,7 @@ class Tracer:
     def _task(self, tid: int) -> Task:
         task = self.tasks.get(tid)
         if task is None:  # a new thread whose stop overtook its creator's event
-            task = Task(tid, _tgid_of(tid))
+            task = Task(tid, tgid_of(tid))
             self.tasks[tid] = task
         return task
 
@@ -221,7 +262,7 @@ class Tracer:
         elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
             child = pt.event_message(tid)
             if child not in self.tasks:
-                tgid = child if event != pt.PTRACE_EVENT_CLONE else _tgid_of(child)
+                tgid = child if event != pt.PTRACE_EVENT_CLONE else tgid_of(child)
                 self.tasks[child] = Task(child, tgid)
             self.resume(task)
         elif event == pt.PTRACE_EVENT_EXEC:
@@ -244,6 +285,8 @@ class Tracer:
             self.resume(task)
         else:  # signal-delivery-stop: give the signal to the program (Go's SIGURG too)
             task.started = True
+            if self.on_signal_stop is not None:
+                self.on_signal_stop(task)
             self.resume(task, sig)
 
     def _on_group_stop(self, task: Task, sig: int) -> None:
@@ -314,13 +357,3 @@ class Tracer:
         if task.tid == task.tgid and self.policy is not None:
             self.policy.forget_process(task.tgid)
 
-
-def _tgid_of(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return tid

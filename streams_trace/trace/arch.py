@@ -42,6 +42,7 @@ X86_64 = Arch(
         "recvfrom": 45,
         "bind": 49,
         "accept4": 288,
+        "seccomp": 317,
     },
 )
 
@@ -59,6 +60,7 @@ AARCH64 = Arch(
         "sendto": 206,
         "recvfrom": 207,
         "accept4": 242,
+        "seccomp": 277,
     },
 )
 
@@ -93,10 +95,18 @@ def set_syscall_args(regs: Any, args: tuple[int, ...]) -> None:
         setattr(regs, name, value & 0xFFFFFFFFFFFFFFFF)
 
 
-# Byte offsets in user_regs_struct (PTRACE_POKEUSER): skipping a syscall writes just
-# these two words, two small ptrace calls instead of a GETREGS/SETREGS round trip.
+# Byte offsets in user_regs_struct (PTRACE_PEEKUSER/POKEUSER): skipping a syscall writes
+# just two words, two small ptrace calls instead of a GETREGS/SETREGS round trip.
 _ORIG_RAX_OFFSET = 15 * 8
 _RAX_OFFSET = 10 * 8
+_RDI_OFFSET = 14 * 8
+SYSCALL_NUMBER_OFFSET = _ORIG_RAX_OFFSET  # the syscall made (or being restarted)
+RETURN_VALUE_OFFSET = _RAX_OFFSET
+FIRST_ARG_OFFSET = _RDI_OFFSET
+# Kernel-internal results a thread can carry into a signal-delivery-stop
+# (<linux/errno.h>): restart after the handler only with SA_RESTART / always.
+ERESTARTSYS = 512
+ERESTARTNOINTR = 513
 
 
 def skip_syscall_words(result: int) -> tuple[tuple[int, int], ...]:

@@ -18,6 +18,7 @@ from typing import Any
 from ptrace.binding import func as _pt
 
 # requests
+PTRACE_PEEKUSER = 3
 PTRACE_POKEUSER = 6
 PTRACE_CONT = 7
 PTRACE_KILL = 8
@@ -187,6 +188,13 @@ def get_registers(tid: int) -> Any:
 
 def set_registers(tid: int, regs: Any) -> None:
     _pt.ptrace_setregs(tid, regs)
+
+
+def peek_user(tid: int, offset: int) -> int:
+    """One word of the tracee's user area (a register, by its offset), unsigned."""
+    ctypes.set_errno(0)  # -1 is also a valid word: only errno tells a failure
+    result = _call(PTRACE_PEEKUSER, tid, offset, 0)
+    return result & 0xFFFFFFFFFFFFFFFF
 
 
 def poke_user(tid: int, offset: int, value: int) -> None:

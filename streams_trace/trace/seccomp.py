@@ -1,11 +1,12 @@
 """A seccomp-BPF filter that sends only the redirect's syscalls to the tracer.
 
-Everything else runs untraced (about 25 ns extra per syscall, no stop). The
-filter checks the architecture first: a syscall made through a foreign ABI
-(``int 0x80`` from 32-bit code, x32) is sent to the tracer tagged
-``DATA_FOREIGN_ARCH`` so the supervisor refuses it loudly instead of leaving it
-off the tunnel. Constants are named as in seccomp(2), prctl(2) and
-<linux/filter.h>.
+Everything else runs untraced (about 25 ns extra per syscall, no stop). Rules
+named in ``notify`` go to the supervisor by seccomp user notification instead
+of a ptrace stop (see ``usernotify``). The filter checks the architecture
+first: a syscall made through a foreign ABI (``int 0x80`` from 32-bit code,
+x32) is sent to the tracer tagged ``DATA_FOREIGN_ARCH`` so the supervisor
+refuses it loudly instead of leaving it off the tunnel. Constants are named as
+in seccomp(2), prctl(2) and <linux/filter.h>.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from . import arch as archmod
+from .usernotify import SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_RET_USER_NOTIF
 
 # prctl(2)
 PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
 # seccomp(2)
 SECCOMP_MODE_FILTER = 2
-SECCOMP_SET_MODE_FILTER = 0
+SECCOMP_SET_MODE_FILTER = 1  # the seccomp(2) operation (prctl's is SECCOMP_MODE_FILTER)
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_KILL_THREAD = 0x00000000
 SECCOMP_RET_TRAP = 0x00030000
@@ -73,8 +75,13 @@ def _arg_low(index: int) -> int:
 Program = list[tuple[int, int, int, int]]
 
 
-def build(rules: Iterable[Rule], arch: archmod.Arch | None = None) -> Program:
-    """The filter program as (code, jt, jf, k) tuples, jumps resolved."""
+def build(rules: Iterable[Rule], arch: archmod.Arch | None = None,
+          notify: Collection[str] = ()) -> Program:
+    """The filter program as (code, jt, jf, k) tuples, jumps resolved.
+
+    Syscalls named in ``notify`` return SECCOMP_RET_USER_NOTIF instead of
+    SECCOMP_RET_TRACE (only for a plain rule, without an argument check).
+    """
     arch = arch or archmod.native()
     rules = list(rules)
     # Symbolic program: jumps name labels; resolved below into relative offsets.
@@ -90,7 +97,10 @@ def build(rules: Iterable[Rule], arch: archmod.Arch | None = None) -> Program:
     if arch.audit_arch == archmod.AUDIT_ARCH_X86_64:
         emit(BPF_JMP | BPF_JGE | BPF_K, archmod.X32_SYSCALL_BIT, "foreign", 0)
     for i, rule in enumerate(rules):
-        target = "trace" if rule.nonzero_arg is None else f"check{i}"
+        if rule.nonzero_arg is not None:
+            target = f"check{i}"
+        else:
+            target = "notify" if rule.name in notify else "trace"
         emit(BPF_JMP | BPF_JEQ | BPF_K, arch.number(rule.name), target, 0)
     emit(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)  # no rule matched
     # BPF jumps go forward only: the argument checks come before the shared returns.
@@ -106,6 +116,8 @@ def build(rules: Iterable[Rule], arch: archmod.Arch | None = None) -> Program:
     emit(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
     labels["trace"] = len(program)
     emit(BPF_RET | BPF_K, SECCOMP_RET_TRACE | DATA_REDIRECT)
+    labels["notify"] = len(program)
+    emit(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF)
     labels["foreign"] = len(program)
     emit(BPF_RET | BPF_K, SECCOMP_RET_TRACE | DATA_FOREIGN_ARCH)
 
@@ -129,14 +141,28 @@ def pack(program: list[tuple[int, int, int, int]]) -> bytes:
     return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
 
 
-def install(program: list[tuple[int, int, int, int]]) -> None:
-    """Set no_new_privs and load the filter into the calling thread; raise OSError."""
+def install(program: Program, flags: int = 0) -> int | None:
+    """Set no_new_privs and load the filter into the calling thread; raise OSError.
+
+    With ``flags`` the seccomp(2) call is used; with SECCOMP_FILTER_FLAG_NEW_LISTENER
+    the user-notification listener's file descriptor is returned.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(error)}")
     filters = (SockFilter * len(program))(*(SockFilter(c, t, f, k) for c, t, f, k in program))
     fprog = SockFprog(len(program), ctypes.cast(filters, ctypes.POINTER(SockFilter)))
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+    if not flags:  # prctl works back to Linux 3.5
+        if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"prctl(PR_SET_SECCOMP): {os.strerror(error)}")
+        return None
+    libc.syscall.restype = ctypes.c_long
+    result = libc.syscall(archmod.native().number("seccomp"), SECCOMP_SET_MODE_FILTER,
+                          ctypes.c_uint(flags), ctypes.byref(fprog))
+    if result < 0:
         error = ctypes.get_errno()
-        raise OSError(error, f"prctl(PR_SET_SECCOMP): {os.strerror(error)}")
+        raise OSError(error, f"seccomp(SECCOMP_SET_MODE_FILTER, {flags:#x}): "
+                             f"{os.strerror(error)}")
+    return int(result) if flags & SECCOMP_FILTER_FLAG_NEW_LISTENER else None

@@ -1,0 +1,139 @@
+"""Connects held by seccomp user notification: the fast path of the initiator side.
+
+With a user-notification filter the program's connect sleeps in the kernel
+while the supervisor reads the notification from the listener on its loop,
+decides, and answers: a result for the connect (the supervisor did it on the
+program's socket) or "run it as it is". Compared with a ptrace stop this saves
+the SIGCHLD/waitpid round, the register reads and writes and the resume; the
+tracer still follows every thread, fork and exec, and still stops the program
+at bind, accept and the DNS sendto/recvfrom.
+
+The filter goes in with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (``launch``):
+once the supervisor has read a notification, only a fatal signal takes the
+thread out of its connect, as at a ptrace stop; other signals wait for the
+answer. A signal that comes before the supervisor has read it withdraws the
+notification: the connect, which never ran, would end in EINTR for a handler
+without SA_RESTART (CPython's), and the program would take its unconnected
+socket for one connecting in the background. ``on_signal_stop`` turns that into
+a restart after the handler, which makes the connect again.
+
+A traced thread that dies stays a zombie until this supervisor reaps it, on
+this same loop, so a notification's thread id cannot name another thread while
+its callback runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+from ..trace import arch as archmod
+from ..trace import ptraceapi as pt
+from ..trace import usernotify
+from ..trace.procfs import tgid_of
+from .loop import Loop
+from .tracer import Task, Tracer
+
+TCP_CLOSE = 7  # tcp_info.tcpi_state of a socket that never started connecting
+
+
+class NotifiedPolicy(Protocol):
+    def on_notified(self, call: NotifiedCall, nr: int, args: tuple[int, ...]) -> None: ...
+
+
+class NotifiedCall:
+    """A syscall held by user notification; answer it once, with ``complete`` or ``resume``."""
+
+    __slots__ = ("id", "notifier", "tgid", "tid")
+
+    def __init__(self, notifier: Notifier, notif_id: int, tid: int, tgid: int) -> None:
+        self.notifier = notifier
+        self.id = notif_id
+        self.tid = tid
+        self.tgid = tgid
+
+    @property
+    def on_death(self) -> list[Callable[[], None]]:
+        task = self.notifier.tracer.tasks.get(self.tid)
+        return task.on_death if task is not None else []
+
+    def complete(self, result: int) -> None:
+        self.notifier.answer(self, result)
+
+    def resume(self) -> None:
+        self.notifier.answer(self, None)
+
+
+class Notifier:
+    """Reads the listener on the supervisor's loop and hands each held call to the policy."""
+
+    def __init__(self, loop: Loop, listener: int, tracer: Tracer,
+                 policy: NotifiedPolicy) -> None:
+        self.loop = loop
+        self.listener = listener
+        self.tracer = tracer
+        self.policy = policy
+        self.connect_number = tracer.arch.number("connect")
+        loop.watch(listener, selectors.EVENT_READ, self._on_readable)
+
+    def close(self) -> None:
+        self.loop.unwatch(self.listener)
+        os.close(self.listener)
+
+    def _on_readable(self) -> None:
+        try:
+            notification = usernotify.receive(self.listener)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINTR):  # its thread left the syscall
+                return
+            raise
+        task = self.tracer.tasks.get(notification.pid)
+        tgid = task.tgid if task is not None else tgid_of(notification.pid)
+        call = NotifiedCall(self, notification.id, notification.pid, tgid)
+        self.policy.on_notified(call, notification.nr, notification.args)
+
+    def on_signal_stop(self, task: Task) -> None:
+        """At a signal-delivery-stop: restart a connect whose notification a signal withdrew.
+
+        A connect that really ran and was interrupted while waiting (a blocking TCP
+        connect to a slow peer) keeps its EINTR: its socket is past TCP_CLOSE.
+        """
+        if pt.peek_user(task.tid, archmod.SYSCALL_NUMBER_OFFSET) != self.connect_number:
+            return
+        result = pt.peek_user(task.tid, archmod.RETURN_VALUE_OFFSET)
+        if result != -archmod.ERESTARTSYS & 0xFFFFFFFFFFFFFFFF:
+            return
+        fd = pt.peek_user(task.tid, archmod.FIRST_ARG_OFFSET) & 0xFFFFFFFF
+        if self._connect_started(task.tgid, fd):
+            return
+        pt.poke_user(task.tid, archmod.RETURN_VALUE_OFFSET,
+                     -archmod.ERESTARTNOINTR & 0xFFFFFFFFFFFFFFFF)
+
+    def _connect_started(self, tgid: int, fd: int) -> bool:
+        try:
+            pidfd = os.pidfd_open(tgid)
+        except OSError:
+            return False
+        try:
+            with socket.socket(fileno=pt.pidfd_getfd(pidfd, fd)) as sock:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        except OSError:  # not TCP (UDP and UNIX connects do not wait), or gone
+            return False
+        finally:
+            os.close(pidfd)
+        return info[0] != TCP_CLOSE
+
+    def answer(self, call: NotifiedCall, result: int | None) -> None:
+        """``result`` for the held syscall (-errno: it fails), or None: it runs as it is."""
+        try:
+            if result is None:
+                usernotify.respond_continue(self.listener, call.id)
+            else:
+                usernotify.respond(self.listener, call.id, result)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # ENOENT: the thread was killed meanwhile
+                raise
