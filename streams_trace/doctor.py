@@ -37,6 +37,7 @@ def system_report() -> dict[str, Any]:
         "features": {
             "ptrace": _probe(probes.ptrace_permitted()),
             "seccomp_filters": _probe(probes.seccomp_filters()),
+            "user_notification": _probe(probes.user_notification()),
             "pidfd_getfd": _probe(pidfd),
             "yama_ptrace_scope": _probe(probes.yama_scope()),
         },
@@ -124,7 +125,8 @@ def _mark(check: dict[str, Any] | None) -> str:
 def format_text(report: dict[str, Any]) -> str:
     lines = [f"{'kernel':<18}{report['kernel']['release']} ({report['kernel']['machine']})"]
     names = {"ptrace": "ptrace", "seccomp_filters": "seccomp filters",
-             "pidfd_getfd": "pidfd_getfd", "yama_ptrace_scope": "Yama ptrace_scope"}
+             "user_notification": "user notification", "pidfd_getfd": "pidfd_getfd",
+             "yama_ptrace_scope": "Yama ptrace_scope"}
     for key, label in names.items():
         check = report["features"][key]
         lines.append(f"{label:<18}{_mark(check):<4}{check['detail']}")

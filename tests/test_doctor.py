@@ -27,7 +27,8 @@ def test_json_report_matches_the_probes_and_the_data_path_choice() -> None:
     result = doctor("--json")
     report = json.loads(result.stdout)
     assert report["kernel"]["release"] == probes.kernel_release()
-    for key in ("ptrace", "seccomp_filters", "pidfd_getfd", "yama_ptrace_scope"):
+    for key in ("ptrace", "seccomp_filters", "user_notification", "pidfd_getfd",
+                "yama_ptrace_scope"):
         assert set(report["features"][key]) == {"ok", "detail"}
     # The same probe as streams-run --data-path auto.
     chosen, _ = probes.choose_data_path("auto")
@@ -54,7 +55,8 @@ def test_text_report_with_a_tunnel_whose_access_point_answers(gateway: Gateway) 
     assert secret and secret not in result.stdout + result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
-    for label in ("kernel", "ptrace", "seccomp filters", "pidfd_getfd", "Yama ptrace_scope",
+    for label in ("kernel", "ptrace", "seccomp filters", "user notification", "pidfd_getfd",
+                  "Yama ptrace_scope",
                   "data path (auto)", "native helper", "relay pump"):
         assert label in text
     assert f"tunnel {gateway.tunnel_id}" in text and "lankey" in text and "********" in text

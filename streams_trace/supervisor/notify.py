@@ -78,6 +78,7 @@ class Notifier:
         self.tracer = tracer
         self.policy = policy
         self.connect_number = tracer.arch.number("connect")
+        self.sync_wake_up = usernotify.set_sync_wake_up(listener)
         loop.watch(listener, selectors.EVENT_READ, self._on_readable)
 
     def close(self) -> None:

@@ -91,6 +91,8 @@ class Redirector:
         self.syscall_names = {numbers[name]: name for name in
                               ("connect", "bind", "accept", "accept4")}  # for log lines
         self.pidfds: dict[int, int] = {}
+        self.memory: dict[int, int] = {}  # tgid -> its /proc/PID/mem, for sockaddr reads
+        self.destinations: dict[int, tuple | None] = {}  # socket family -> access point address
         self._sockaddrs: dict[bytes, SockAddr] = {}  # raw sockaddr -> decoded (a small cache)
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
         # inode of a DNS socket we answered through sendto -> (responder as the program
@@ -206,14 +208,15 @@ class Redirector:
             return None
 
     def forget_process(self, tgid: int) -> None:
-        pidfd = self.pidfds.pop(tgid, None)
-        if pidfd is not None:
-            os.close(pidfd)
+        for table in (self.pidfds, self.memory):
+            descriptor = table.pop(tgid, None)
+            if descriptor is not None:
+                os.close(descriptor)
         if self.relay is not None:
             self.relay.forget_process(tgid)
 
     def close(self) -> None:
-        for tgid in list(self.pidfds):
+        for tgid in {*self.pidfds, *self.memory}:
             self.forget_process(tgid)
         if self.relay is not None:
             self.relay.close()
@@ -228,7 +231,10 @@ class Redirector:
                        length: int) -> SockAddr | None:
         if not address or not 2 <= length <= sa_codec.MAX_SOCKADDR:
             return None
-        raw = pt.read_memory(task.tid, address, length)
+        memory = self.memory.get(task.tgid)
+        if memory is None:
+            memory = self.memory[task.tgid] = pt.open_memory(task.tgid)
+        raw = pt.read_memory_at(memory, address, length)
         # Programs connect to the same few addresses again and again; SockAddr is frozen.
         decoded = self._sockaddrs.get(raw)
         if decoded is None:
@@ -239,8 +245,11 @@ class Redirector:
                 self._sockaddrs[raw] = decoded
         return decoded
 
-    def take_socket(self, task: Task | HeldCall, fd: int) -> socket.socket:
-        """The program's socket ``fd`` as a socket object of ours (the same open file)."""
+    def take_socket(self, task: Task | HeldCall, fd: int, family: int = -1) -> socket.socket:
+        """The program's socket ``fd`` as a socket object of ours (the same open file).
+
+        ``family``, when the caller knows it, saves asking the kernel (its type is
+        still asked: a datagram socket must not be taken for a stream)."""
         if self.relay is not None:  # relay mode must work where pidfd_getfd does not
             raise PidfdGetfdMissing(errno.EPERM, "relay mode does not take program sockets")
         pidfd = self.pidfds.get(task.tgid)
@@ -258,7 +267,7 @@ class Redirector:
                 ) from None
             raise
         try:
-            return socket.socket(fileno=copy)
+            return socket.socket(family, -1, 0, fileno=copy)
         except OSError:
             os.close(copy)
             raise
@@ -420,8 +429,8 @@ class Operation:
         self.timer: Timer | None = None
         self.finished = False
 
-    def _take(self) -> socket.socket:
-        self.sock = self.owner.take_socket(self.call, self.fd)
+    def _take(self, family: int = -1) -> socket.socket:
+        self.sock = self.owner.take_socket(self.call, self.fd, family)
         return self.sock
 
     def _hold(self) -> None:
@@ -531,7 +540,7 @@ class ConnectRedirect(Operation):
 
     def start(self) -> None:
         try:
-            sock = self._take()
+            sock = self._take(self.target.family)  # a connect's address is of its socket's family
         except PidfdGetfdMissing as exc:
             log.error("%s", exc.strerror)
             self.finish(-errno.ECONNREFUSED, "refused: " + str(exc.strerror))
@@ -560,10 +569,12 @@ class ConnectRedirect(Operation):
             self.finish(-error, f"access point unreachable: {os.strerror(error)}")
 
     def _destination(self, family: int) -> tuple | None:
-        host, port = self.access_point.host, self.access_point.port
-        if family != socket.AF_INET6 and ":" in host:
-            return None
-        return sa_codec.python_address(SockAddr(family, host, port), family)
+        known = self.owner.destinations
+        if family not in known:
+            host, port = self.access_point.host, self.access_point.port
+            known[family] = (None if family != socket.AF_INET6 and ":" in host
+                             else sa_codec.python_address(SockAddr(family, host, port), family))
+        return known[family]
 
     def _on_writable(self) -> None:
         assert self.sock is not None

@@ -336,7 +336,7 @@ class RelayConnect(ConnectRedirect):
         self.program_side: socket.socket | None = None
         self.access_socket: socket.socket | None = None
 
-    def _take(self) -> socket.socket:
+    def _take(self, family: int = -1) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.access_point.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)

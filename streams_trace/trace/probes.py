@@ -11,9 +11,11 @@ import errno
 import os
 import platform
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import ptraceapi as pt
+from . import seccomp, usernotify
 
 YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
 
@@ -87,32 +89,61 @@ def ptrace_permitted() -> Probe:
         _end(pid)
 
 
-def seccomp_filters() -> Probe:
-    """Install an allow-all filter in a child (no_new_privs + SECCOMP_MODE_FILTER)."""
-    from . import seccomp
-
+def _report_from_child(action: Callable[[], str]) -> str:
+    """Run ``action`` in a forked child (filters stay there); what it returned, or its error."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - reported through the pipe
         try:
             os.close(read_end)
             try:
-                seccomp.install([(seccomp.BPF_RET | seccomp.BPF_K, 0, 0,
-                                  seccomp.SECCOMP_RET_ALLOW)])
-                os.write(write_end, b"ok")
+                os.write(write_end, action().encode())
             except OSError as exc:
                 os.write(write_end, str(exc).encode())
         finally:
             os._exit(0)
     os.close(write_end)
     try:
-        report = os.read(read_end, 512).decode(errors="replace")
+        return os.read(read_end, 512).decode(errors="replace") or "the probe child died"
     finally:
         os.close(read_end)
         os.waitpid(pid, 0)
+
+
+_ALLOW_ALL = [(seccomp.BPF_RET | seccomp.BPF_K, 0, 0, seccomp.SECCOMP_RET_ALLOW)]
+
+
+def seccomp_filters() -> Probe:
+    """Install an allow-all filter in a child (no_new_privs + SECCOMP_MODE_FILTER)."""
+
+    def install() -> str:
+        seccomp.install(_ALLOW_ALL)
+        return "ok"
+
+    report = _report_from_child(install)
     if report == "ok":
         return Probe(True, "seccomp-BPF filters can be installed")
-    return Probe(False, report or "the probe child died")
+    return Probe(False, report)
+
+
+def user_notification() -> Probe:
+    """Install a filter with a user-notification listener and killable waits in a child,
+    as streams-run's direct path does to hold connects without a ptrace stop."""
+
+    def install() -> str:
+        listener = seccomp.install(_ALLOW_ALL, usernotify.SECCOMP_FILTER_FLAG_NEW_LISTENER
+                                   | usernotify.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
+        assert listener is not None
+        return "ok sync" if usernotify.set_sync_wake_up(listener) else "ok"
+
+    report = _report_from_child(install)
+    if report == "ok sync":
+        return Probe(True, "connects are held without a ptrace stop, with synchronous "
+                           "wake-ups (Linux 6.6+)")
+    if report == "ok":
+        return Probe(True, "connects are held without a ptrace stop (no synchronous "
+                           "wake-ups before Linux 6.6)")
+    return Probe(False, f"{report} (Linux 5.19+ needed): connects stop under ptrace")
 
 
 def pidfd_getfd() -> Probe:

@@ -10,6 +10,7 @@ process_vm_readv/writev; foreign file descriptors through pidfd_getfd(2).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -212,6 +213,23 @@ def read_memory(tid: int, address: int, size: int) -> bytes:
         error = ctypes.get_errno()
         raise OSError(error, f"process_vm_readv({tid}): {os.strerror(error)}")
     return buffer.raw[:done]
+
+
+def open_memory(pid: int) -> int:
+    """A descriptor on process ``pid``'s memory (/proc/PID/mem; needs ptrace rights).
+
+    Reading through it with ``read_memory_at`` is one plain pread, cheaper than
+    process_vm_readv through ctypes on the path of every connect. It names the
+    memory image it was opened on: open it again after an exec.
+    """
+    return os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def read_memory_at(memory: int, address: int, size: int) -> bytes:
+    """Read ``size`` bytes at ``address`` through an ``open_memory`` descriptor."""
+    if not 0 < address < 1 << 63:
+        raise OSError(errno.EFAULT, f"bad address {address:#x}")
+    return os.pread(memory, size, address)
 
 
 def write_memory(tid: int, address: int, data: bytes) -> None:
