@@ -135,10 +135,13 @@ def run_worker(traced: bool, tunnel_id: str, initiator: Path, what: str, amount:
     return [[float(value) for value in line.split()] for line in out.splitlines()]
 
 
-def time_program(command: list[str], traced: bool, tunnel_id: str, initiator: Path) -> float:
+def time_program(command: list[str], traced: bool, tunnel_id: str, initiator: Path,
+                 seccomp_mode: str = "on") -> float:
     if traced:
         command = [*STREAMS_RUN, "--config-dir", str(initiator), tunnel_id, *command]
-    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    env = {**os.environ, "STREAMS_TRACE_SECCOMP": seccomp_mode}
+    return float(subprocess.run(command, capture_output=True, text=True, check=True,
+                                env=env).stdout)
 
 
 def wall(command: list[str]) -> float:
@@ -245,6 +248,22 @@ def main() -> None:
                 traced = statistics.median(pair[1] for pair in pairs)
                 ratio = statistics.median(pair[1] / pair[0] for pair in pairs)
                 rows.append((label, f"{native:.3f}", f"{traced:.3f}", f"{ratio:.2f}", target))
+
+            # A connect the supervisor looks at and lets run: the cost of the hand-over
+            # itself, held by user notification and, for comparison, stopped under ptrace.
+            connects = 20000
+            command = [str(syscalls), "connect", str(connects)]
+            for seccomp_mode, label in (
+                ("on", "a connect elsewhere, per call (us)"),
+                ("trace", "  the same, connects stopped under ptrace"),
+            ):
+                pairs = [(time_program(command, False, tunnel_id, initiator),
+                          time_program(command, True, tunnel_id, initiator, seccomp_mode))
+                         for _ in range(options.runs)]
+                native = statistics.median(pair[0] for pair in pairs) / connects * 1e6
+                traced = statistics.median(pair[1] for pair in pairs) / connects * 1e6
+                rows.append((label, f"{native:.1f}", f"{traced:.1f}",
+                             f"{traced - native:+.1f} us", "-"))
 
             true = shutil.which("true") or "/bin/true"
             runs = max(options.runs, 5)

@@ -2,15 +2,19 @@
  *
  *   syscalls getppid N      N getppid() calls (not traced by the filter)
  *   syscalls open N PATH    N open()+read()+close() of PATH (an open-heavy program)
+ *   syscalls connect N      N UDP connect()s to 127.0.0.1:9 (stopped, but not redirected)
  *   syscalls int80          one 32-bit system call from a 64-bit program
  *
  * Prints the seconds the loop took (its own clock, so start-up is not counted).
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,12 +33,23 @@ int main(int argc, char **argv) {
         printf("int80 returned %ld\n", pid);
         return 0;
     }
-    if (argc < 3) { fprintf(stderr, "usage: syscalls getppid|open N [PATH]\n"); return 2; }
+    if (argc < 3) { fprintf(stderr, "usage: syscalls getppid|open|connect N [PATH]\n"); return 2; }
     long n = atol(argv[2]);
     char buffer[256];
     double started = now();
     if (strcmp(argv[1], "getppid") == 0) {
         for (long i = 0; i < n; i++) syscall(SYS_getppid);
+    } else if (strcmp(argv[1], "connect") == 0) {
+        struct sockaddr_in discard = {.sin_family = AF_INET, .sin_port = htons(9)};
+        discard.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int sock = socket(AF_INET, SOCK_DGRAM, 0);
+        if (sock < 0) { perror("socket"); return 1; }
+        for (long i = 0; i < n; i++) {
+            if (connect(sock, (struct sockaddr *)&discard, sizeof discard) < 0) {
+                perror("connect");
+                return 1;
+            }
+        }
     } else {
         const char *path = argc > 3 ? argv[3] : "/etc/hostname";
         for (long i = 0; i < n; i++) {
