@@ -198,12 +198,15 @@ def main() -> None:
     rows: list[tuple[str, str, str, str, str]] = []
     try:
         if not options.latency_only:
-            bulk = {traced: [run_worker(traced, tunnel_id, initiator, "bulk", options.megabytes,
-                                        script)[0][0] for _ in range(options.runs)]
-                    for traced in (False, True)}
-            api_bulk, run_bulk = statistics.median(bulk[False]), statistics.median(bulk[True])
+            # Client API and streams-run runs alternate; the ratio is the median of the pairs'.
+            bulk = [tuple(run_worker(traced, tunnel_id, initiator, "bulk", options.megabytes,
+                                     script)[0][0] for traced in (False, True))
+                    for _ in range(options.runs)]
+            api_bulk = statistics.median(pair[0] for pair in bulk)
+            run_bulk = statistics.median(pair[1] for pair in bulk)
+            bulk_ratio = statistics.median(pair[1] / pair[0] for pair in bulk)
             rows.append(("bulk throughput through the tunnel (MB/s)", f"{api_bulk:.0f}",
-                         f"{run_bulk:.0f}", f"{run_bulk / api_bulk:.2f}", ">= 0.97"))
+                         f"{run_bulk:.0f}", f"{bulk_ratio:.2f}", ">= 0.97"))
 
         # Short rounds alternate baseline and streams-run, so load that comes and goes on
         # a shared machine falls on all alike; medians are over every connection of every

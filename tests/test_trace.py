@@ -251,6 +251,11 @@ def policy(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Redirector, _Reco
         redirector.close()
 
 
+# A descriptor number no test opens (a closed low number would be reused by the policy's
+# own descriptors, such as the /proc/PID/mem it opens to read sockaddrs).
+UNUSED_FD = 999_999
+
+
 def _sockaddr_in_memory(address: sockaddr.SockAddr) -> tuple[ctypes.Array, int, int]:
     data = sockaddr.encode(address)
     buffer = ctypes.create_string_buffer(data, len(data))
@@ -268,8 +273,7 @@ def test_policy_fails_closed_when_an_accept_on_the_tunnel_listener_cannot_be_che
         # The accept cannot be run to its end (ptrace fails): it must not run unchecked.
         redirector.on_syscall(me, tracer.arch.number("accept4"), (listener.fileno(), 0, 0, 0))
         # The socket cannot even be identified (its fd is gone): assume it is the tunnel's.
-        closed = os.dup(listener.fileno())
-        os.close(closed)
+        closed = UNUSED_FD
         redirector.on_syscall(me, tracer.arch.number("accept"), (closed, 0, 0))
     assert tracer.decisions == [("complete", -errno.ECONNABORTED)] * 2
     warnings = {(r.levelname, r.getMessage().split()[0]) for r in caplog.records
@@ -281,8 +285,7 @@ def test_policy_fails_closed_on_tunnel_binds_and_connects_only(
         policy: tuple[Redirector, _RecordingTracer]) -> None:
     redirector, tracer = policy
     me = Task(os.getpid(), os.getpid())
-    gone = os.dup(0)
-    os.close(gone)  # an fd that is not open: /proc and pidfd_getfd fail on it
+    gone = UNUSED_FD  # /proc and pidfd_getfd fail on it
     tunnel_port = sockaddr.SockAddr(socket.AF_INET, "0.0.0.0", 4001)
     contact = sockaddr.SockAddr(socket.AF_INET, "127.0.0.9", 4000)
     other = sockaddr.SockAddr(socket.AF_INET, "127.0.0.1", 4002)
