@@ -93,6 +93,7 @@ class Redirector:
         self.pidfds: dict[int, int] = {}
         self.memory: dict[int, int] = {}  # tgid -> its /proc/PID/mem, for sockaddr reads
         self.destinations: dict[int, tuple | None] = {}  # socket family -> access point address
+        self.spare_connector: Connector | None = None  # see prepare_connector
         self._sockaddrs: dict[bytes, SockAddr] = {}  # raw sockaddr -> decoded (a small cache)
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
         # inode of a DNS socket we answered through sendto -> (responder as the program
@@ -277,6 +278,22 @@ class Redirector:
 
     # -- initiator side ----------------------------------------------------------------
 
+    def prepare_connector(self) -> None:
+        """Make the next connect's handshake (nonce and all) while no program waits."""
+        secret = self.tunnel.secret
+        if self.spare_connector is None and secret is not None:
+            self.spare_connector = Connector(secret, self.tunnel.tunnel_id)
+
+    def take_connector(self, deadline: float) -> Connector | None:
+        """A fresh handshake for one connect ending at ``deadline``; None without a secret."""
+        if self.tunnel.secret is None:
+            return None
+        self.prepare_connector()
+        machine, self.spare_connector = self.spare_connector, None
+        assert machine is not None
+        machine.deadline = deadline
+        return machine
+
     def on_connect(self, call: HeldCall, nr: int, args: tuple[int, ...]) -> None:
         fd, address, length = args[0], args[1], args[2]
         target = self._read_sockaddr(call, address, length)
@@ -456,6 +473,7 @@ class Operation:
         out = machine.start()
         if out:
             self.sock.sendall(out, socket.MSG_DONTWAIT)
+        self._restore()  # a connect's non-blocking flag, not needed for MSG_DONTWAIT I/O
         self._hold()
         self.loop.watch(self.sock, selectors.EVENT_READ, self._on_readable)
 
@@ -587,18 +605,17 @@ class ConnectRedirect(Operation):
 
     def _connected(self) -> None:
         assert self.sock is not None
-        if self.saved_flags is not None:  # the connect is done: the program's flags again
-            fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, self.saved_flags)
-            self.saved_flags = None
         # No TCP_NODELAY needed: each handshake message goes out only once the peer's
         # answer (which acknowledges the one before) is in, so Nagle never holds one back.
-        secret = self.owner.tunnel.secret
-        if secret is None:
+        machine = self.owner.take_connector(self.deadline)
+        if machine is None:
+            self._restore()
             self.finish(0, "connected (no LAN secret)")
             return
-        remaining = max(self.deadline - time.monotonic(), 0.001)
         try:
-            self._start_handshake(Connector(secret, self.owner.tunnel.tunnel_id, timeout=remaining))
+            # HELLO first, so the access point works on it while we put the program's
+            # flags back and do our bookkeeping.
+            self._start_handshake(machine)
         except OSError as exc:
             self.handshake_done(False, f"handshake failed: {exc.strerror or exc}")
 
@@ -625,6 +642,7 @@ class ConnectRedirect(Operation):
         self._restore()
         self.call.complete(result)
         self._release()
+        self.owner.prepare_connector()  # for the next connect, now that this one is answered
         if result == 0:
             self.owner.redirected += 1
         else:
