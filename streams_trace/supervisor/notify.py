@@ -122,7 +122,7 @@ class Notifier:
         try:
             with socket.socket(fileno=pt.pidfd_getfd(pidfd, fd)) as sock:
                 info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
-        except OSError:  # not TCP (UDP and UNIX connects do not wait), or gone
+        except OSError:  # not TCP: a UDP connect never waits; a UNIX one that did is made again
             return False
         finally:
             os.close(pidfd)
