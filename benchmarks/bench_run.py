@@ -201,7 +201,7 @@ def main() -> None:
             # Client API and streams-run runs alternate; the ratio is the median of the pairs'.
             bulk = [tuple(run_worker(traced, tunnel_id, initiator, "bulk", options.megabytes,
                                      script)[0][0] for traced in (False, True))
-                    for _ in range(options.runs)]
+                    for _ in range(options.runs * 2)]
             api_bulk = statistics.median(pair[0] for pair in bulk)
             run_bulk = statistics.median(pair[1] for pair in bulk)
             bulk_ratio = statistics.median(pair[1] / pair[0] for pair in bulk)
