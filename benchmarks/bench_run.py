@@ -56,6 +56,8 @@ else:
     def open_connection():
         sock = socket.socket()
         sock.connect(address)
+        # The socket options the client API gives its sockets, so both carry bytes alike.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 if what == "bulk":
     payload = memoryview(os.urandom(1 << 20))
