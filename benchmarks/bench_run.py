@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -146,6 +147,16 @@ def time_program(command: list[str], traced: bool, tunnel_id: str, initiator: Pa
                                 env=env).stdout)
 
 
+def alternating(count: int, baseline: Callable[[], float],
+                traced: Callable[[], float]) -> tuple[float, float, float]:
+    """Run the two measures in turns, ``count`` pairs, so load that comes and goes falls on
+    both alike: the medians of each, and the median of the pairs' ratios."""
+    pairs = [(baseline(), traced()) for _ in range(count)]
+    return (statistics.median(pair[0] for pair in pairs),
+            statistics.median(pair[1] for pair in pairs),
+            statistics.median(pair[1] / pair[0] for pair in pairs))
+
+
 def wall(command: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
@@ -200,13 +211,12 @@ def main() -> None:
     rows: list[tuple[str, str, str, str, str]] = []
     try:
         if not options.latency_only:
-            # Client API and streams-run runs alternate; the ratio is the median of the pairs'.
-            bulk = [tuple(run_worker(traced, tunnel_id, initiator, "bulk", options.megabytes,
-                                     script)[0][0] for traced in (False, True))
-                    for _ in range(options.runs * 2)]
-            api_bulk = statistics.median(pair[0] for pair in bulk)
-            run_bulk = statistics.median(pair[1] for pair in bulk)
-            bulk_ratio = statistics.median(pair[1] / pair[0] for pair in bulk)
+            def bulk(traced: bool) -> Callable[[], float]:  # one run of the bulk worker
+                return lambda: run_worker(traced, tunnel_id, initiator, "bulk",
+                                          options.megabytes, script)[0][0]
+
+            api_bulk, run_bulk, bulk_ratio = alternating(options.runs * 2, bulk(False),
+                                                         bulk(True))
             rows.append(("bulk throughput through the tunnel (MB/s)", f"{api_bulk:.0f}",
                          f"{run_bulk:.0f}", f"{bulk_ratio:.2f}", ">= 0.97"))
 
@@ -238,6 +248,10 @@ def main() -> None:
             rows.append((label, f"{base:.0f}", f"{latency:.0f}", f"{latency - base:+.0f} us",
                          target))
 
+        def program(command: list[str], traced: bool,
+                    seccomp_mode: str = "on") -> Callable[[], float]:  # one timed program run
+            return lambda: time_program(command, traced, tunnel_id, initiator, seccomp_mode)
+
         if not options.latency_only:
             for label, command, target in (
                 ("syscall-heavy loop, 5M getppid (s)", [str(syscalls), "getppid", "5000000"],
@@ -245,13 +259,8 @@ def main() -> None:
                 ("open-heavy loop, 200k open/read/close (s)",
                  [str(syscalls), "open", "200000", "/etc/hostname"], "<= 1.03"),
             ):
-                # Native and traced runs alternate; the ratio is the median of the pairs'.
-                pairs = [(time_program(command, False, tunnel_id, initiator),
-                          time_program(command, True, tunnel_id, initiator))
-                         for _ in range(options.runs * 2)]
-                native = statistics.median(pair[0] for pair in pairs)
-                traced = statistics.median(pair[1] for pair in pairs)
-                ratio = statistics.median(pair[1] / pair[0] for pair in pairs)
+                native, traced, ratio = alternating(options.runs * 2, program(command, False),
+                                                    program(command, True))
                 rows.append((label, f"{native:.3f}", f"{traced:.3f}", f"{ratio:.2f}", target))
 
             # A connect the supervisor looks at and lets run: the cost of the hand-over
@@ -262,11 +271,9 @@ def main() -> None:
                 ("on", "a connect elsewhere, per call (us)"),
                 ("trace", "  the same, connects stopped under ptrace"),
             ):
-                pairs = [(time_program(command, False, tunnel_id, initiator),
-                          time_program(command, True, tunnel_id, initiator, seccomp_mode))
-                         for _ in range(options.runs)]
-                native = statistics.median(pair[0] for pair in pairs) / connects * 1e6
-                traced = statistics.median(pair[1] for pair in pairs) / connects * 1e6
+                native, traced, _ = alternating(options.runs, program(command, False),
+                                                program(command, True, seccomp_mode))
+                native, traced = native / connects * 1e6, traced / connects * 1e6
                 rows.append((label, f"{native:.1f}", f"{traced:.1f}",
                              f"{traced - native:+.1f} us", "-"))
 

@@ -43,6 +43,7 @@ TCP_CLOSE = 7  # tcp_info.tcpi_state of a socket that never started connecting
 
 class NotifiedPolicy(Protocol):
     def on_notified(self, call: NotifiedCall, nr: int, args: tuple[int, ...]) -> None: ...
+    def take_socket(self, task: Task, fd: int) -> socket.socket: ...
 
 
 class NotifiedCall:
@@ -78,7 +79,7 @@ class Notifier:
         self.tracer = tracer
         self.policy = policy
         self.connect_number = tracer.arch.number("connect")
-        self.sync_wake_up = usernotify.set_sync_wake_up(listener)
+        usernotify.set_sync_wake_up(listener)  # where the kernel has it (6.6); fine without
         loop.watch(listener, selectors.EVENT_READ, self._on_readable)
 
     def close(self) -> None:
@@ -109,23 +110,17 @@ class Notifier:
         if result != -archmod.ERESTARTSYS & 0xFFFFFFFFFFFFFFFF:
             return
         fd = pt.peek_user(task.tid, archmod.FIRST_ARG_OFFSET) & 0xFFFFFFFF
-        if self._connect_started(task.tgid, fd):
+        if self._connect_started(task, fd):
             return
         pt.poke_user(task.tid, archmod.RETURN_VALUE_OFFSET,
                      -archmod.ERESTARTNOINTR & 0xFFFFFFFFFFFFFFFF)
 
-    def _connect_started(self, tgid: int, fd: int) -> bool:
+    def _connect_started(self, task: Task, fd: int) -> bool:
         try:
-            pidfd = os.pidfd_open(tgid)
-        except OSError:
-            return False
-        try:
-            with socket.socket(fileno=pt.pidfd_getfd(pidfd, fd)) as sock:
+            with self.policy.take_socket(task, fd) as sock:
                 info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
         except OSError:  # not TCP: a UDP connect never waits; a UNIX one that did is made again
             return False
-        finally:
-            os.close(pidfd)
         return info[0] != TCP_CLOSE
 
     def answer(self, call: NotifiedCall, result: int | None) -> None:

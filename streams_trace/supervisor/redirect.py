@@ -232,10 +232,7 @@ class Redirector:
                        length: int) -> SockAddr | None:
         if not address or not 2 <= length <= sa_codec.MAX_SOCKADDR:
             return None
-        memory = self.memory.get(task.tgid)
-        if memory is None:
-            memory = self.memory[task.tgid] = pt.open_memory(task.tgid)
-        raw = pt.read_memory_at(memory, address, length)
+        raw = self.read_memory(task, address, length)
         # Programs connect to the same few addresses again and again; SockAddr is frozen.
         decoded = self._sockaddrs.get(raw)
         if decoded is None:
@@ -245,6 +242,13 @@ class Redirector:
                     self._sockaddrs.clear()
                 self._sockaddrs[raw] = decoded
         return decoded
+
+    def read_memory(self, task: Task | HeldCall, address: int, size: int) -> bytes:
+        """``size`` bytes of the program's memory, through its cached /proc/PID/mem."""
+        memory = self.memory.get(task.tgid)
+        if memory is None:
+            memory = self.memory[task.tgid] = pt.open_memory(task.tgid)
+        return pt.read_memory_at(memory, address, size)
 
     def take_socket(self, task: Task | HeldCall, fd: int, family: int = -1) -> socket.socket:
         """The program's socket ``fd`` as a socket object of ours (the same open file).
@@ -345,7 +349,7 @@ class Redirector:
                 or nameserver.port != DNS_PORT or not 0 < length <= 65535):
             self.tracer.resume(task)
             return
-        query = pt.read_memory(task.tid, buffer, length)
+        query = self.read_memory(task, buffer, length)
         if not self.dns.is_ours(query):
             self.tracer.resume(task)  # other names go to the real nameserver, untouched
             return
@@ -383,7 +387,7 @@ class Redirector:
         address, length_pointer = args[4], args[5]
         if not info.is_error and info.rval >= 0 and address and length_pointer:
             seen_as, nameserver = self.dns_sources[inode]
-            (length,) = struct.unpack("=I", pt.read_memory(task.tid, length_pointer, 4))
+            (length,) = struct.unpack("=I", self.read_memory(task, length_pointer, 4))
             source = self._read_sockaddr(task, address, min(length, sa_codec.MAX_SOCKADDR))
             if source is not None and source.key == seen_as:
                 pt.write_memory(task.tid, address, sa_codec.encode(nameserver)[:length])
@@ -609,7 +613,6 @@ class ConnectRedirect(Operation):
         # answer (which acknowledges the one before) is in, so Nagle never holds one back.
         machine = self.owner.take_connector(self.deadline)
         if machine is None:
-            self._restore()
             self.finish(0, "connected (no LAN secret)")
             return
         try:
