@@ -1,6 +1,6 @@
 """signalfd(2) through ctypes: blocked signals read from a file descriptor.
 
-The supervisor's wait loop sleeps in epoll; SIGCHLD (and the signals it forwards to
+The supervisor's wait loop sleeps in poll(2); SIGCHLD (and the signals it forwards to
 the program) arrive on this descriptor instead of interrupting it.
 """
 
