@@ -161,9 +161,16 @@ class AccessPoint:
 
     async def _connect_onward(self) -> socket.socket:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(self.onward.host, self.onward.port, type=socket.SOCK_STREAM)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
+        if self.onward.is_ip:
+            # Numeric, as local contacts are: asyncio's getaddrinfo would take a trip
+            # through its thread pool for every connection.
+            family = socket.AF_INET6 if ":" in self.onward.host else socket.AF_INET
+            address: tuple = self.onward.address
+        else:
+            infos = await loop.getaddrinfo(self.onward.host, self.onward.port,
+                                           type=socket.SOCK_STREAM)
+            family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
