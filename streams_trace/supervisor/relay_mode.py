@@ -337,8 +337,9 @@ class RelayConnect(ConnectRedirect):
         self.access_socket: socket.socket | None = None
 
     def _take(self, family: int = -1) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.access_point.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # Not the program's socket: one of ours, of the access point's family.
+        own_family = socket.AF_INET6 if ":" in self.access_point.host else socket.AF_INET
+        sock = socket.socket(own_family, socket.SOCK_STREAM)
         sock.setblocking(False)
         self.sock = sock
         self.timer = self.loop.call_at(self.deadline, self._on_timeout)

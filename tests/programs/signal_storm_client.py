@@ -25,12 +25,8 @@ for number in range(count):
     with socket.create_connection(address, timeout=20) as conn:
         line = b"n%d\n" % number
         conn.sendall(line)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        with conn.makefile("rb") as replies:
+            reply = replies.readline()
         if reply != b"echo:" + line:
             sys.exit(f"connection {number}: {reply!r}")
 signal.setitimer(signal.ITIMER_REAL, 0)
