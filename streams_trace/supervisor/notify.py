@@ -81,6 +81,7 @@ class Notifier:
         self.connect_number = tracer.arch.number("connect")
         # Where the kernel has it (6.6); fine without. See loop.py and ``answer``.
         self.sync_wake_up = usernotify.set_sync_wake_up(listener)
+        self._deciding: NotifiedCall | None = None  # the call the policy is looking at now
         loop.watch(listener, selectors.EVENT_READ, self._on_readable)
 
     def close(self) -> None:
@@ -97,7 +98,11 @@ class Notifier:
         task = self.tracer.tasks.get(notification.pid)
         tgid = task.tgid if task is not None else tgid_of(notification.pid)
         call = NotifiedCall(self, notification.id, notification.pid, tgid)
-        self.policy.on_notified(call, notification.nr, notification.args)
+        self._deciding = call
+        try:
+            self.policy.on_notified(call, notification.nr, notification.args)
+        finally:
+            self._deciding = None
 
     def on_signal_stop(self, task: Task) -> None:
         """At a signal-delivery-stop: restart a connect whose notification a signal withdrew.
@@ -126,6 +131,15 @@ class Notifier:
 
     def answer(self, call: NotifiedCall, result: int | None) -> None:
         """``result`` for the held syscall (-errno: it fails), or None: it runs as it is."""
+        # The same-CPU hand-off suits the notification (its thread has just gone to
+        # sleep there) and an answer given at once (we go back to sleep), but not one
+        # given after a handshake: we go on running, and so may the access point we
+        # just heard from, both ahead of the answered thread while another CPU idles.
+        # Woken as usual, it goes where the scheduler finds room. (A connect every few
+        # ms returned 200-700 us later with the hand-off for every answer.)
+        hand_off = call is self._deciding
+        if self.sync_wake_up and not hand_off:
+            usernotify.set_sync_wake_up(self.listener, False)
         try:
             if result is None:
                 usernotify.respond_continue(self.listener, call.id)
@@ -135,8 +149,11 @@ class Notifier:
             if exc.errno != errno.ENOENT:  # ENOENT: the thread was killed meanwhile
                 raise
             return
+        finally:
+            if self.sync_wake_up and not hand_off:
+                usernotify.set_sync_wake_up(self.listener)
         if self.sync_wake_up:
-            # The kernel woke the answered thread on this CPU, behind us: let it run now
-            # and do our clean-up once it sleeps again (its connect returns 30-50 us
-            # sooner on a VM; where nothing else waits, this returns at once).
+            # Where no other CPU had room the thread waits behind us: let it run now and
+            # do our clean-up once it sleeps again (its connect returns 30-50 us sooner
+            # on a VM; where nothing else waits, this returns at once).
             os.sched_yield()

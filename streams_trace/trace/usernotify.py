@@ -54,11 +54,13 @@ class Notification:
     args: tuple[int, ...]
 
 
-def set_sync_wake_up(listener: int) -> bool:
+def set_sync_wake_up(listener: int, on: bool = True) -> bool:
     """Ask the kernel to wake the held thread and the supervisor on the waker's CPU, as
-    a hand-off rather than a wake-up elsewhere (Linux 6.6); False where it cannot."""
+    a hand-off rather than a wake-up elsewhere (Linux 6.6), or (``on`` false) to wake
+    them as usual again; False where it cannot."""
     try:
-        fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+        fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                    SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP if on else 0)
     except OSError:
         return False
     return True
