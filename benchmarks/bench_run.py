@@ -39,6 +39,14 @@ from streams_trace.client import Listener  # noqa: E402
 from streams_trace.contact import free_port  # noqa: E402
 
 STREAMS_RUN = [sys.executable, "-c", "from streams_trace.cli.run import main; main()"]
+# Runs a program under a seccomp filter that allows every syscall: the kernel's cost of
+# having a filter at all, which no filter can go below.
+ALLOW_ALL = [sys.executable, "-c", """
+import os, sys
+from streams_trace.trace import seccomp
+seccomp.install([(seccomp.BPF_RET | seccomp.BPF_K, 0, 0, seccomp.SECCOMP_RET_ALLOW)])
+os.execv(sys.argv[1], sys.argv[1:])
+"""]
 BLOCK = 1 << 20
 PAUSE = 0.002  # s between connections in the spaced rounds
 
@@ -275,6 +283,13 @@ def main() -> None:
                 native, traced, ratio = alternating(options.runs * 2, program(command, False),
                                                     program(command, True))
                 rows.append((label, f"{native:.3f}", f"{traced:.3f}", f"{ratio:.2f}", target))
+                # The floor for any seccomp-based tool: the program under a filter of one
+                # instruction that allows everything, no supervisor at all.
+                native, floor, ratio = alternating(
+                    options.runs * 2, program(command, False),
+                    lambda command=command: time_program([*ALLOW_ALL, *command], False, "", REPO))
+                rows.append(("  floor: the same under a one-instruction allow-all filter",
+                             f"{native:.3f}", f"{floor:.3f}", f"{ratio:.2f}", "-"))
 
             # A connect the supervisor looks at and lets run: the cost of the hand-over
             # itself, held by user notification and, for comparison, stopped under ptrace.
