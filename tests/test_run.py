@@ -416,6 +416,44 @@ def test_forking_client(tunnel: Gateway, echo: EchoListener, musl_client: Path) 
     assert (code, out) == (0, "forks ok 8\n"), err
 
 
+def test_a_program_whose_main_thread_has_exited_still_connects(
+        tunnel: Gateway, echo: EchoListener, c_client: Path, data_path: str) -> None:
+    """The main thread leaves with pthread_exit and the others connect: the process id's
+    /proc entry and pidfd no longer reach the program's memory and descriptors."""
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, str(c_client), "-x", "-t", "4", "-c", "5", name,
+                                   port)
+    release = re.match(r"(\d+)\.(\d+)", platform.release())
+    thread_pidfds = release is not None and (int(release[1]), int(release[2])) >= (6, 9)
+    if data_path == "direct" and not thread_pidfds:
+        # Nothing reaches the sockets then: each connect fails, none hangs.
+        assert code == 1 and "connect: Connection refused" in out, (out, err)
+        assert "try --data-path relay" in err
+    else:
+        assert (code, out.splitlines()[-1]) == (0, "ok 20"), (out, err)
+
+
+def test_misused_sockets_get_the_kernels_errors(tunnel: Gateway, echo: EchoListener) -> None:
+    """A connect on a connected socket or a closed descriptor, an accept on a closed one:
+    the kernel's answers, no handshake into a live stream, no connection for nothing."""
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, sys.executable,
+                                   str(PROGRAMS / "descriptor_errors.py"), "client", name, port)
+    # Connecting a connected socket again: EISCONN, or 0 where the socket's own
+    # non-blocking connect had finished (relay mode, where the program made it).
+    again, *rest = out.splitlines()
+    assert code == 0 and again in ("connect again: EISCONN", "connect again: 0"), (out, err)
+    assert rest == ["echo ok", "connect closed fd: EBADF"], (out, err)
+    time.sleep(0.5)  # a connection for nothing would have reached the listener by now
+    assert echo.served == 1
+    listen_port = free_port()
+    code, out, err = finish(streams_run(
+        tunnel.listener_dir, tunnel.tunnel_id, sys.executable,
+        str(PROGRAMS / "descriptor_errors.py"), "listener", str(listen_port),
+        options=("-p", str(listen_port))))
+    assert (code, out) == (0, "accept closed fd: EBADF\n"), err
+
+
 # -- faults --------------------------------------------------------------------------------
 
 

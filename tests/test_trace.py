@@ -236,7 +236,7 @@ def policy(caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Redirector, _Reco
     from streams_trace.contact import Contact
     from streams_trace.supervisor.loop import Loop
 
-    tunnel = TunnelConf("a" * 8, lankey="secret",
+    tunnel = TunnelConf("3f1c9a52-6d0e-4b8a-9e57-0c2d4b1a7f60", lankey="secret",
                         connector_contact_string=Contact("127.0.0.1", 9))
     settings = Settings(tunnel=tunnel, contacts=[Contact("127.0.0.9", 4000)],
                         listen_ports={4001})
@@ -272,10 +272,17 @@ def test_policy_fails_closed_when_an_accept_on_the_tunnel_listener_cannot_be_che
         redirector.listeners.add(os.fstat(listener.fileno()).st_ino)
         # The accept cannot be run to its end (ptrace fails): it must not run unchecked.
         redirector.on_syscall(me, tracer.arch.number("accept4"), (listener.fileno(), 0, 0, 0))
-        # The socket cannot even be identified (its fd is gone): assume it is the tunnel's.
-        closed = UNUSED_FD
-        redirector.on_syscall(me, tracer.arch.number("accept"), (closed, 0, 0))
-    assert tracer.decisions == [("complete", -errno.ECONNABORTED)] * 2
+        # The socket cannot even be identified: assume it is the tunnel's.
+        def unreadable(task: object, fd: int) -> int:
+            raise PermissionError(errno.EACCES, "/proc says no")
+
+        identify = redirector.socket_inode
+        redirector.socket_inode = unreadable  # type: ignore[method-assign]
+        redirector.on_syscall(me, tracer.arch.number("accept"), (listener.fileno(), 0, 0))
+        redirector.socket_inode = identify  # type: ignore[method-assign]
+        # No such descriptor at all: the accept runs, and the kernel says EBADF.
+        redirector.on_syscall(me, tracer.arch.number("accept"), (UNUSED_FD, 0, 0))
+    assert tracer.decisions == [("complete", -errno.ECONNABORTED)] * 2 + [("resume", None)]
     warnings = {(r.levelname, r.getMessage().split()[0]) for r in caplog.records
                 if "could not check" in r.getMessage()}  # a set: caplog may see a record twice
     assert warnings == {("WARNING", "accept4"), ("WARNING", "accept")}
@@ -294,10 +301,14 @@ def test_policy_fails_closed_on_tunnel_binds_and_connects_only(
         buffer, pointer, length = _sockaddr_in_memory(address)
         keep.append(buffer)
         redirector.on_syscall(me, tracer.arch.number(nr), (gone, pointer, length))
-    # What streams-run has no business with runs on even when checking it failed.
-    buffer, pointer, length = _sockaddr_in_memory(other)
-    redirector._fail_closed(TracedCall(tracer, me),  # type: ignore[arg-type]
-                            tracer.arch.number("connect"),
-                            (gone, pointer, length), OSError(errno.EIO, "ptrace"))
-    assert tracer.decisions == [("complete", -errno.EACCES), ("complete", -errno.ECONNREFUSED),
-                                ("resume", None)]
+    # A tunnel connect whose check failed is refused; what streams-run has no business
+    # with runs on even when checking it failed.
+    for address in (contact, other):
+        buffer, pointer, length = _sockaddr_in_memory(address)
+        keep.append(buffer)
+        redirector._fail_closed(TracedCall(tracer, me),  # type: ignore[arg-type]
+                                tracer.arch.number("connect"),
+                                (gone, pointer, length), OSError(errno.EIO, "ptrace"))
+    # (The connect above on a descriptor that is gone got the kernel's answer, EBADF.)
+    assert tracer.decisions == [("complete", -errno.EACCES), ("complete", -errno.EBADF),
+                                ("complete", -errno.ECONNREFUSED), ("resume", None)]

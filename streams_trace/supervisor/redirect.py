@@ -37,7 +37,7 @@ from ..contact import Contact, globus_name
 from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector, Handshake, State
 from ..trace import ptraceapi as pt
 from ..trace import sockaddr as sa_codec
-from ..trace.procfs import fd_inode
+from ..trace.procfs import fd_inode, thread_exists
 from ..trace.sockaddr import SockAddr
 from .dns import Responder
 from .loop import Loop, Timer
@@ -141,18 +141,26 @@ class Redirector:
         try:
             handler(task, nr, args)
         except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                return
-            self._fail_closed(TracedCall(self.tracer, task), nr, args, exc)
+            self._failed(TracedCall(self.tracer, task), nr, args, exc)
 
     def on_notified(self, call: NotifiedCall, nr: int, args: tuple[int, ...]) -> None:
         """A connect held by user notification (the filter notifies for nothing else)."""
         try:
             self.on_connect(call, nr, args)
         except OSError as exc:
-            if exc.errno == errno.ESRCH:  # the thread is gone: nobody waits for an answer
-                return
+            self._failed(call, nr, args, exc)
+
+    def _failed(self, call: HeldCall, nr: int, args: tuple[int, ...], exc: OSError) -> None:
+        """A handler raised: answer the held call, unless its thread is gone."""
+        # ESRCH can also name another thread of a living program (its exited main
+        # thread, say): only a thread that is really gone needs no answer.
+        if exc.errno == errno.ESRCH and not thread_exists(call.tid):
+            return
+        try:
             self._fail_closed(call, nr, args, exc)
+        except OSError as again:
+            if again.errno != errno.ESRCH:  # died meanwhile: nobody waits for an answer
+                raise
 
     def _on_traced_connect(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
         self.on_connect(TracedCall(self.tracer, task), nr, args)
@@ -197,8 +205,10 @@ class Redirector:
             return False
         try:
             return self.socket_inode(task, fd) in marked
-        except OSError:
-            return True  # cannot tell which socket: treat it as the tunnel's
+        except OSError as exc:
+            # No such descriptor (the kernel will say EBADF), or else we cannot tell
+            # which socket: then treat it as the tunnel's.
+            return not (exc.errno == errno.ENOENT and thread_exists(task.tid))
 
     def _sockaddr_or_none(self, task: Task | HeldCall, address: int,
                           length: int) -> SockAddr | None:
@@ -244,10 +254,10 @@ class Redirector:
         return decoded
 
     def read_memory(self, task: Task | HeldCall, address: int, size: int) -> bytes:
-        """``size`` bytes of the program's memory, through its cached /proc/PID/mem."""
+        """``size`` bytes of the program's memory, through its cached /proc/TID/mem."""
         memory = self.memory.get(task.tgid)
         if memory is None:
-            memory = self.memory[task.tgid] = pt.open_memory(task.tgid)
+            memory = self.memory[task.tgid] = pt.open_memory(task.tid)
         return pt.read_memory_at(memory, address, size)
 
     def take_socket(self, task: Task | HeldCall, fd: int, family: int = -1) -> socket.socket:
@@ -270,12 +280,30 @@ class Redirector:
                     "this kernel has no pidfd_getfd (Linux 5.6+), which streams-run needs "
                     "to take over the program's socket",
                 ) from None
-            raise
+            if exc.errno != errno.ESRCH or task.tid == task.tgid:
+                raise
+            copy = pt.pidfd_getfd(self._thread_pidfd(task), fd)
         try:
             return socket.socket(family, -1, 0, fileno=copy)
         except OSError:
             os.close(copy)
             raise
+
+    def _thread_pidfd(self, task: Task | HeldCall) -> int:
+        """A pidfd through which the process's descriptors are reached, for when its main
+        thread has exited (pthread_exit) and the process's own pidfd no longer reaches
+        them: one on the calling thread, kept in place of the process's."""
+        try:
+            pidfd = os.pidfd_open(task.tid, pt.PIDFD_THREAD)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            raise OSError(errno.EPERM, "the program's main thread has exited, and this "
+                          "kernel (before 6.9) gives no way to its other threads' sockets; "
+                          "try --data-path relay") from None
+        os.close(self.pidfds.pop(task.tgid))
+        self.pidfds[task.tgid] = pidfd
+        return pidfd
 
     def socket_inode(self, task: Task | HeldCall, fd: int) -> int:
         return fd_inode(task.tid, fd)
@@ -567,6 +595,11 @@ class ConnectRedirect(Operation):
             log.error("%s", exc.strerror)
             self.finish(-errno.ECONNREFUSED, "refused: " + str(exc.strerror))
             return
+        except OSError as exc:
+            if exc.errno not in (errno.EBADF, errno.ENOTSOCK):
+                raise
+            self.finish(-exc.errno, "not a socket")  # what the kernel would have said
+            return
         if sock.type != socket.SOCK_STREAM:
             self._release()
             self.call.resume()
@@ -582,7 +615,21 @@ class ConnectRedirect(Operation):
             # A loopback connect is usually done by now: asking again says so (0), says
             # EALREADY while it goes on, or gives its error, in one system call.
             error = sock.connect_ex(destination)
-        if error in (0, errno.EISCONN):
+            if error == errno.EISCONN:
+                error = 0
+        elif error in (0, errno.EISCONN, errno.EALREADY):
+            # A fresh socket says EINPROGRESS: this one was connected, or connecting,
+            # already (0: a non-blocking connect of its own had finished). Its business:
+            # no handshake into its stream, and the kernel's answer.
+            self._restore()
+            self.call.complete(-error)
+            self.finished = True
+            self._release()
+            log.debug("connect fd %d of process %d to %s: the socket was connected already; "
+                      "the program gets %s", self.fd, self.call.tgid, self.name,
+                      errno.errorcode.get(error, "0"))
+            return
+        if error == 0:
             self._connected()
         elif error == errno.EALREADY:
             self._hold()
@@ -626,15 +673,21 @@ class ConnectRedirect(Operation):
         if ok:
             self.finish(0, outcome)
         else:
-            if self.sock is not None:
-                try:
-                    self.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._abandon()
             self.finish(-errno.ECONNREFUSED, outcome)
 
     def timed_out(self) -> None:
+        self._abandon()
         self.finish(-errno.ETIMEDOUT, "timed out")
+
+    def _abandon(self) -> None:
+        """End the program's socket's half-made connection (a connect still under way is
+        aborted), so what its failed connect leaves behind carries nothing."""
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def finish(self, result: int, outcome: str) -> None:
         if self.finished:

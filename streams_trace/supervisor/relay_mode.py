@@ -41,6 +41,7 @@ from ..handshake import Acceptor
 from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import sockaddr as sa_codec
+from ..trace.procfs import socket_in_use
 from ..trace.sockaddr import SockAddr
 from .loop import Loop, Timer
 from .redirect import ConnectRedirect, Operation, Redirector
@@ -236,6 +237,17 @@ class Relay:
     # -- initiator side ----------------------------------------------------------------
 
     def connect(self, call: TracedCall, fd: int, target: SockAddr, name: str) -> None:
+        # The tunnel connection comes before the program's connect runs: first make sure
+        # that connect can succeed, or the listening side would see a connection for
+        # nothing. A bad descriptor, not a socket, or one connected (or connecting)
+        # already: the kernel gives the program its own answer.
+        try:
+            in_use = socket_in_use(call.tid, fd)
+        except OSError:
+            in_use = True
+        if in_use:
+            call.resume()
+            return
         if not self.ensure_scratch(call.task):
             return
         RelayConnect(self.owner, self, call, fd, target, name).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 
 def tgid_of(tid: int) -> int:
@@ -15,6 +16,36 @@ def tgid_of(tid: int) -> int:
     except OSError:
         pass
     return tid
+
+
+def thread_exists(tid: int) -> bool:
+    """Whether thread ``tid`` still runs (or is a zombie not yet reaped)."""
+    return os.path.exists(f"/proc/{tid}")
+
+
+# The "st" column of /proc/net/tcp: include/net/tcp_states.h
+TCP_CLOSE = 7
+
+
+def socket_in_use(tid: int, fd: int) -> bool:
+    """Whether descriptor ``fd`` of thread ``tid`` is anything but a TCP socket that was
+    never connected, connecting or listening: no such descriptor, not a socket, or a
+    socket /proc/TID/net/tcp{,6} shows past TCP_CLOSE. (Fresh sockets are not listed.)"""
+    info = os.stat(f"/proc/{tid}/fd/{fd}")
+    if not stat.S_ISSOCK(info.st_mode):
+        return True
+    inode = str(info.st_ino).encode()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{tid}/net/{table}", "rb") as sockets:
+                next(sockets, None)  # the header
+                for line in sockets:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[9] == inode:
+                        return int(fields[3], 16) != TCP_CLOSE
+        except FileNotFoundError:  # no IPv6 here
+            continue
+    return False
 
 
 def fd_inode(tid: int, fd: int) -> int:

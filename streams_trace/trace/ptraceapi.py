@@ -215,21 +215,27 @@ def read_memory(tid: int, address: int, size: int) -> bytes:
     return buffer.raw[:done]
 
 
-def open_memory(pid: int) -> int:
-    """A descriptor on process ``pid``'s memory (/proc/PID/mem; needs ptrace rights).
+def open_memory(tid: int) -> int:
+    """A descriptor on the memory of thread ``tid``'s process (/proc/TID/mem; needs
+    ptrace rights).
 
     Reading through it with ``read_memory_at`` is one plain pread, cheaper than
-    process_vm_readv through ctypes on the path of every connect. It names the
-    memory image it was opened on: open it again after an exec.
+    process_vm_readv through ctypes on the path of every connect. Opened through a
+    thread, not the process id: once the main thread has exited (pthread_exit) the
+    process id's entry has no memory, while the other threads go on. It names the
+    memory image it was opened on and outlives the thread: open it again after an exec.
     """
-    return os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    return os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def read_memory_at(memory: int, address: int, size: int) -> bytes:
     """Read ``size`` bytes at ``address`` through an ``open_memory`` descriptor."""
     if not 0 < address < 1 << 63:
         raise OSError(errno.EFAULT, f"bad address {address:#x}")
-    return os.pread(memory, size, address)
+    data = os.pread(memory, size, address)
+    if len(data) != size:  # unmapped, or the process's memory is gone
+        raise OSError(errno.EFAULT, f"{size} bytes at {address:#x} cannot be read")
+    return data
 
 
 def write_memory(tid: int, address: int, data: bytes) -> None:
@@ -240,6 +246,10 @@ def write_memory(tid: int, address: int, data: bytes) -> None:
     if done != len(data):
         error = ctypes.get_errno()
         raise OSError(error, f"process_vm_writev({tid}): {os.strerror(error)}")
+
+
+# pidfd_open(2) flag: a descriptor on one thread rather than its process (Linux 6.9).
+PIDFD_THREAD = os.O_EXCL
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:

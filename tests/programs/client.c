@@ -1,10 +1,12 @@
 /* A test client for streams-run: resolve HOST, connect to PORT, send a line, print the reply.
  *
- *   client [-n] [-6] [-t THREADS] [-c CONNECTIONS] [-f FORKS] HOST PORT
+ *   client [-n] [-6] [-t THREADS [-x]] [-c CONNECTIONS] [-f FORKS] HOST PORT
  *
  * -n  non-blocking connect (EINPROGRESS, poll, SO_ERROR)
  * -6  use an AF_INET6 socket (an IPv4 answer becomes a v4-mapped address)
  * -t/-c  THREADS threads each making CONNECTIONS connections; -f  FORKS processes do it
+ * -x  with -t: the main thread leaves (pthread_exit) before the others connect, and the
+ *     last of them reports and exits
  * Prints the first reply, then "ok N" with the number of good round trips; exit 0 only
  * when every round trip came back right. On a connect error prints "connect: STRERROR".
  */
@@ -22,7 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int nonblocking, inet6, connections = 1;
+static int nonblocking, inet6, connections = 1, leader_exits, threads_left, expected_trips;
 static struct sockaddr_storage target;
 static socklen_t target_len;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -95,26 +97,39 @@ static int round_trip(int id) {
 
 static void *worker(void *arg) {
     long base = (long)arg;
+    if (leader_exits) usleep(200000);  /* connect only once the main thread is gone */
     for (int i = 0; i < connections; i++) round_trip((int)(base * 1000 + i));
+    if (leader_exits) {
+        pthread_mutex_lock(&lock);
+        if (--threads_left == 0) {
+            printf("ok %d\n", good);
+            exit(good == expected_trips ? 0 : 1);
+        }
+        pthread_mutex_unlock(&lock);
+    }
     return NULL;
 }
 
 int main(int argc, char **argv) {
     int threads = 0, forks = 0, option;
-    while ((option = getopt(argc, argv, "n6t:c:f:")) != -1) {
+    while ((option = getopt(argc, argv, "n6t:c:f:x")) != -1) {
         switch (option) {
         case 'n': nonblocking = 1; break;
         case '6': inet6 = 1; break;
         case 't': threads = atoi(optarg); break;
         case 'c': connections = atoi(optarg); break;
         case 'f': forks = atoi(optarg); break;
+        case 'x': leader_exits = 1; break;
         default: return 2;
         }
     }
-    if (argc - optind != 2) { fprintf(stderr, "usage: client [-n] [-6] [-t N] [-c N] [-f N] HOST PORT\n"); return 2; }
+    if (argc - optind != 2 || (leader_exits && !threads)) {
+        fprintf(stderr, "usage: client [-n] [-6] [-t N [-x]] [-c N] [-f N] HOST PORT\n");
+        return 2;
+    }
     setvbuf(stdout, NULL, _IONBF, 0);
     if (resolve(argv[optind], argv[optind + 1])) return 3;
-    int expected = connections * (threads ? threads : 1);
+    expected_trips = connections * (threads ? threads : 1);
     if (forks) {
         for (int i = 0; i < forks; i++) {
             if (fork() == 0) {
@@ -130,11 +145,13 @@ int main(int argc, char **argv) {
     }
     if (threads) {
         pthread_t ids[1024];
+        threads_left = threads;
         for (long i = 0; i < threads; i++) pthread_create(&ids[i], NULL, worker, (void *)i);
+        if (leader_exits) pthread_exit(NULL);
         for (int i = 0; i < threads; i++) pthread_join(ids[i], NULL);
     } else {
         worker((void *)0);
     }
     printf("ok %d\n", good);
-    return good == expected ? 0 : 1;
+    return good == expected_trips ? 0 : 1;
 }

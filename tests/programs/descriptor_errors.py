@@ -1,0 +1,52 @@
+"""Misused sockets under streams-run get the kernel's own errors, and nothing hangs.
+
+    descriptor_errors.py client HOST PORT   connect twice, then on a closed descriptor
+    descriptor_errors.py listener PORT      accept on a closed listening descriptor
+
+Prints one "CALL: ERRNO-NAME" line per misuse (then "echo ok" for the client's
+connection, which must still carry its bytes untouched).
+"""
+
+import ctypes
+import errno
+import os
+import socket
+import struct
+import sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def outcome(result: int) -> str:
+    return "0" if result == 0 else errno.errorcode[ctypes.get_errno()]
+
+
+def closed_descriptor() -> int:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+if sys.argv[1] == "client":
+    host, port = sys.argv[2], int(sys.argv[3])
+    address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    with socket.socket() as conn:
+        conn.settimeout(20)
+        conn.connect(address)
+        print("connect again:", errno.errorcode.get(conn.connect_ex(address), "0"))
+        conn.sendall(b"hello\n")
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(4096):
+            reply += chunk
+        print("echo ok" if reply == b"echo:hello\n" else f"echo wrong: {reply!r}")
+    raw = struct.pack("=HH4s8x", socket.AF_INET, socket.htons(port), socket.inet_aton(address[0]))
+    print("connect closed fd:", outcome(libc.connect(closed_descriptor(), raw, len(raw))))
+else:
+    listening = socket.socket()
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.bind(("127.0.0.1", int(sys.argv[2])))
+    listening.listen()
+    fd = listening.detach()
+    os.close(fd)
+    print("accept closed fd:", outcome(libc.accept(fd, None, None)))
