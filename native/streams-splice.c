@@ -9,7 +9,7 @@
  * joins them and carries bytes both ways with splice(2) through two pipes, so
  * the bytes never enter user space. When a pair ends the helper sends back one
  * `struct done_msg` with the byte counts. End of file on the control socket
- * (the owner closed it, or died) closes every pair and ends the helper, so it
+ * (the owner closed it, or died) resets every pair and ends the helper, so it
  * never outlives its owner; --die-with-parent adds PR_SET_PDEATHSIG for the
  * case where a forked copy of the owner still holds the control socket.
  *
@@ -522,9 +522,13 @@ int main(int argc, char **argv)
         }
         free_closed_pairs();
     }
-    /* The owner has gone: close every pair (reporting it while anyone listens). */
-    while (pairs)
+    /* The owner has gone: close every pair (reporting it while anyone listens), by a
+     * reset: bytes still in flight are lost, and an end of file would pass the stream
+     * off as complete. */
+    while (pairs) {
+        pairs->reset = 1;
         close_pair(pairs);
+    }
     free_closed_pairs();
     return 0;
 }

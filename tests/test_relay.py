@@ -8,6 +8,7 @@ the background thread of :class:`SplicePump`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -201,6 +202,24 @@ def test_a_reset_on_one_side_resets_the_other(pump: Pump, sockets: Sockets, who:
         survivor.recv(10)
     assert done.wait()[2] is True
     survivor.close()
+
+
+def test_closing_the_pump_resets_what_it_still_carries(pump: Pump, sockets: Sockets) -> None:
+    """A stream cut short must not look complete: the ends get a reset, not an end of file,
+    though the sender's bytes are still in flight (the receiver does not read)."""
+    done = Finished()
+    client, server = relayed(pump, sockets, done)
+    client.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:  # until every buffer on the way is full
+            client.send(b"x" * 65536)
+    pump.close()
+    assert done.wait()[2] is True
+    server.settimeout(10)
+    with pytest.raises(ConnectionResetError):
+        read_to_end(server)
+    client.close()
+    server.close()
 
 
 def test_a_reset_after_a_half_close_reaches_an_idle_peer(pump: Pump, sockets: Sockets) -> None:

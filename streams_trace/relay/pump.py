@@ -194,6 +194,7 @@ class SplicePump:
         self._by_fd: dict[int, tuple[_Pair, socket.socket]] = {}
         self._pairs: set[_Pair] = set()
         self._stopping = False
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="splice-pump", daemon=True)
         self._thread.start()
 
@@ -221,13 +222,22 @@ class SplicePump:
         self._wake()
 
     def close(self) -> None:
-        """Stop the thread and close every pair it still holds."""
+        """Stop the thread and close every pair it still holds, by a reset: bytes still in
+        flight are lost, and an end of file would pass the stream off as complete.
+        Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._stopping = True
         self._wake()
         self._thread.join()
         while not self._incoming.empty():
-            self._incoming.get().close()
+            pair = self._incoming.get()
+            pair.reset = True
+            pair.close()
+            _report(pair.on_done, 0, 0, True)
         for pair in list(self._pairs):
+            pair.reset = True
             self._finish(pair)
         self._epoll.close()
         os.close(self._wake_read)
