@@ -12,6 +12,7 @@ where it is not permitted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -549,6 +550,21 @@ def test_signals_reach_the_program(tunnel: Gateway, signal_number: int) -> None:
     process.send_signal(signal_number)
     code, out, err = finish(process, 20)
     assert (code, out) == (42, "got\n"), err
+
+
+def test_signals_while_it_starts_do_not_hang_it(tunnel: Gateway) -> None:
+    """A terminal resized (SIGWINCH to the whole job) over and over while streams-run starts
+    the program: every start still runs it to its end."""
+    for _ in range(5):
+        process = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, "true",
+                              start_new_session=True)
+        deadline = time.monotonic() + 20
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGWINCH)
+            time.sleep(0.001)
+        code, _, err = finish(process, 5)
+        assert code == 0, err
 
 
 def test_stop_and_continue(tunnel: Gateway) -> None:

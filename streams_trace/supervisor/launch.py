@@ -86,14 +86,23 @@ def spawn(
     """
     go_read, go_write = os.pipe()
     report_read, report_write = socket.socketpair()
-    pid = os.fork()
+    # The child keeps every signal blocked from its first instruction to the exec: one
+    # that arrived once it is seized would stop it for a parent that is not waiting yet
+    # (it reads the child's report), and both would wait forever.
+    parent_mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
+        raise
+    if pid != 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
     if pid == 0:  # child: only async-signal-safe-ish work, then exec
         try:
             os.close(go_write)
             report_read.close()
             for number in RESTORE_DEFAULT:
                 signal.signal(number, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
             os.read(go_read, 1)  # seized
             report, descriptors = _install(program, notify_program)
             socket.send_fds(report_write, [report], descriptors)
@@ -102,6 +111,7 @@ def spawn(
             report_write.close()
             os.read(go_read, 1)  # the parent is ready for what the report said
             os.close(go_read)
+            signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # the program's own
             os.execvpe(argv[0], list(argv), env)
         except OSError as exc:
             code = 127 if exc.errno == errno.ENOENT else 126
