@@ -147,6 +147,63 @@ def test_an_intruder_on_the_private_port_never_reaches_the_program(tunnel: Gatew
     assert "did not come through the supervisor" in err
 
 
+def test_a_source_port_the_supervisor_gave_up_does_not_let_a_stranger_in(
+        tunnel: Gateway) -> None:
+    """The program closes its listening socket before accepting a relayed connection, then
+    listens again: a local process that binds the source port the supervisor used for it
+    must not pass for the supervisor."""
+    server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, sys.executable,
+                         str(PROGRAMS / "relisten_server.py"), str(tunnel.listener_port),
+                         options=(*RELAY, "-d"), stdin=subprocess.PIPE)
+    assert server.stdin is not None and server.stdout is not None and server.stderr is not None
+    try:
+        assert server.stdout.readline() == "listening\n"
+        secret = confmod.load(tunnel.tunnel_id, tunnel.listener_dir).secret
+        assert secret is not None
+        first = socket.create_connection(tunnel.listener_address, timeout=10)
+        handshake_blocking(first, Connector(secret, tunnel.tunnel_id, timeout=5))
+        source = None
+        deadline = time.monotonic() + 15
+        while source is None and time.monotonic() < deadline:
+            match = re.search(r"relayed to the program at \S+ from 127\.0\.0\.1:(\d+)",
+                              server.stderr.readline())
+            source = int(match.group(1)) if match else None
+        assert source is not None
+        server.stdin.write("close\n")
+        server.stdin.flush()
+        assert server.stdout.readline() == "again\n"
+        private = None
+        while private is None and time.monotonic() < deadline:
+            line = server.stderr.readline()
+            match = re.search(r"moved to the private port 127\.0\.0\.1:(\d+)", line)
+            private = int(match.group(1)) if match else None
+        assert private is not None
+        first.close()
+        # The stranger, once the supervisor's socket has let go of the port.
+        stranger = socket.socket()
+        stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        while True:
+            try:
+                stranger.bind(("127.0.0.1", source))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the source port stayed taken"
+                time.sleep(0.05)
+        stranger.settimeout(10)
+        stranger.connect(("127.0.0.1", private))
+        stranger.sendall(b"stranger\n")
+        with socket.create_connection(tunnel.listener_address, timeout=10) as good:
+            handshake_blocking(good, Connector(secret, tunnel.tunnel_id, timeout=5))
+            good.sendall(b"good\n")
+            code, out, err = finish(server)
+        stranger.close()
+        assert (code, out.splitlines()[-1]) == (0, "got good"), err
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
 def test_killing_the_supervisor_ends_the_helper_and_the_program(tunnel: Gateway,
                                                                 echo: EchoListener) -> None:
     from streams_trace.relay.native import helper_path

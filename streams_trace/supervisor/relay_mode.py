@@ -529,6 +529,7 @@ class ListenerRelay(Operation):
         self.sock = conn
         self.peer = _text(peer)
         self.inner: socket.socket | None = None
+        self.inner_address: tuple[str, int] | None = None  # its source, while expected
         self.inner_timer: Timer | None = None
         self.accepted: str | None = None  # the handshake's outcome once it let the peer in
 
@@ -593,6 +594,7 @@ class ListenerRelay(Operation):
                        f"{os.strerror(error)}")
             return
         self.inner = inner
+        self.inner_address = local
         self.finished = True
         conn = self.sock
         self.sock = None
@@ -600,7 +602,7 @@ class ListenerRelay(Operation):
         assert conn is not None
         self.owner.redirected += 1
         self.relay.relayed += 1
-        self._log(f"{outcome}, relayed to the program at {private}")
+        self._log(f"{outcome}, relayed to the program at {private} from {_text(local)}")
         self.relay.pump.add(conn, inner, self._pair_done)
 
     def _fail(self, outcome: str) -> None:
@@ -621,6 +623,9 @@ class ListenerRelay(Operation):
         self.handshake_done(False, "handshake timed out")
 
     def _pair_done(self, to_program: int, to_access: int, reset: bool) -> None:
+        # Not accepted by the program, it can never be now: forget its source address,
+        # or a local process that bound it next would be let in unauthenticated.
+        self.relay.expected_peers.discard(self.inner_address)
         log.debug("relayed connection from %s ended: %d bytes in, %d out%s", self.peer,
                   to_program, to_access, ", reset" if reset else "")
 
