@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import platform
 import re
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -550,6 +552,46 @@ def test_signals_reach_the_program(tunnel: Gateway, signal_number: int) -> None:
     process.send_signal(signal_number)
     code, out, err = finish(process, 20)
     assert (code, out) == (42, "got\n"), err
+
+
+def test_a_signal_to_the_whole_process_group_arrives_once(tunnel: Gateway, built: Path) -> None:
+    """kill %1, timeout(1), systemd: one kill() reaches streams-run and the program alike."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    counter = built / "count_signals"
+    subprocess.run(["gcc", "-O2", "-o", str(counter), str(PROGRAMS / "count_signals.c")],
+                   check=True)
+    process = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, str(counter),
+                          start_new_session=True)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    os.killpg(process.pid, signal.SIGTERM)
+    code, out, err = finish(process, 20)
+    assert (code, out) == (0, "1\n"), err
+
+
+def test_a_terminal_hang_up_reaches_the_program(tunnel: Gateway) -> None:
+    """ssh -t host streams-run ...: the shell exec'd streams-run, which leads the session,
+    and a hang-up goes to the session leader alone."""
+    master, slave = os.openpty()
+
+    def take_the_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [*STREAMS_RUN, "--config-dir", str(tunnel.initiator_dir), tunnel.tunnel_id, "sh", "-c",
+         "echo ready; exec sleep 30"],
+        stdin=slave, stdout=slave, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=take_the_terminal)
+    os.close(slave)
+    try:
+        seen = b""
+        while b"ready" not in seen:
+            seen += os.read(master, 100)
+    finally:
+        os.close(master)  # the hang-up
+    code, _, err = finish(process, 20)
+    assert code == 128 + signal.SIGHUP, err
 
 
 def test_signals_while_it_starts_do_not_hang_it(tunnel: Gateway) -> None:

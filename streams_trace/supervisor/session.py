@@ -18,7 +18,7 @@ from . import SUPERVISOR_FAILED, launch
 from .loop import Loop
 from .notify import Notifier
 from .redirect import Redirector, Settings
-from .tracer import FORWARDED_SIGNALS, OPTIONS, SI_KERNEL, Tracer
+from .tracer import FORWARDED_SIGNALS, OPTIONS, SI_KERNEL, SI_USER, Tracer
 
 log = logging.getLogger("streams_trace.run")
 
@@ -114,18 +114,24 @@ def run(
     log.debug("started %s as process %d (%s)", argv[0], child.pid, how)
     tracer.adopt(child.pid)
 
+    leads_session = os.getsid(0) == os.getpid()
+
     def on_signals() -> None:
-        reap = False
-        for number, code, _sender in signals.read():
+        arrived = signals.read()
+        if any(number == signal.SIGCHLD for number, _, _ in arrived):
+            tracer.reap()  # first: the program may just have taken what we got too
+        for number, code, sender in arrived:
             if number == signal.SIGCHLD:
-                reap = True
-            elif code != SI_KERNEL:  # a terminal signal already reached the whole job
-                try:
-                    os.kill(child.pid, number)
-                except ProcessLookupError:
-                    pass
-        if reap:
-            tracer.reap()
+                continue
+            if code == SI_KERNEL and not (number == signal.SIGHUP and leads_session):
+                continue  # the terminal sent it to the whole job (a hang-up goes to the
+                # session leader alone: to us, when the shell exec'd streams-run)
+            if code == SI_USER and tracer.took(number, sender):
+                continue  # a kill() to the whole process group reached the program too
+            try:
+                os.kill(child.pid, number)
+            except ProcessLookupError:
+                pass
 
     loop.watch(signals, selectors.EVENT_READ, on_signals)
     try:

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,7 +22,7 @@ from typing import Protocol
 from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import seccomp
-from ..trace.procfs import tgid_of
+from ..trace.procfs import pending_signals, tgid_of
 from .loop import Loop
 
 log = logging.getLogger("streams_trace.run")
@@ -43,6 +44,8 @@ FORWARDED_SIGNALS = {
     signal.SIGUSR1, signal.SIGUSR2, signal.SIGTSTP,
 }
 SI_KERNEL = 0x80  # siginfo si_code of a signal the terminal sent to the whole job
+SI_USER = 0  # siginfo si_code of a signal sent with kill()
+TAKEN_MEMORY = 0.5  # s a signal the program took is remembered (see Tracer.took)
 
 ExitCallback = Callable[[pt.SyscallInfo], None]
 
@@ -111,6 +114,7 @@ class Tracer:
         self.tasks: dict[int, Task] = {}
         self.policy: Policy | None = None
         self.main_pid = 0
+        self.taken: list[tuple[int, int, float]] = []  # (signal, kill() sender, when) taken
         self.main_status: int | None = None
         self.failure: str | None = None  # set when the supervisor itself ends the program
         self.stopped_self = False
@@ -287,7 +291,30 @@ class Tracer:
             task.started = True
             if self.on_signal_stop is not None:
                 self.on_signal_stop(task)
+            if sig in FORWARDED_SIGNALS and task.tgid == self.main_pid:
+                self._note_taken(task, sig)
             self.resume(task, sig)
+
+    def _note_taken(self, task: Task, sig: int) -> None:
+        """Remember who sent a signal the program takes: see ``took``."""
+        try:
+            code, sender = pt.signal_sender(task.tid)
+        except OSError:
+            return
+        now = time.monotonic()
+        self.taken = [entry for entry in self.taken if now - entry[2] < TAKEN_MEMORY]
+        self.taken.append((sig, sender if code == SI_USER else -1, now))
+
+    def took(self, sig: int, sender: int) -> bool:
+        """Whether the program has taken, or has pending, signal ``sig`` that ``sender``
+        sent: a kill() to the whole process group reaches streams-run and the program
+        alike, and forwarding it would deliver it twice. (Taking the record.)"""
+        now = time.monotonic()
+        for index, (taken, who, when) in enumerate(self.taken):
+            if taken == sig and who == sender and now - when < TAKEN_MEMORY:
+                del self.taken[index]
+                return True
+        return sig in pending_signals(self.main_pid)
 
     def _on_group_stop(self, task: Task, sig: int) -> None:
         pt.listen(task.tid)  # stay stopped until SIGCONT, as without a tracer

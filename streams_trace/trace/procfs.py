@@ -18,6 +18,20 @@ def tgid_of(tid: int) -> int:
     return tid
 
 
+def pending_signals(pid: int) -> set[int]:
+    """The signals pending for process ``pid`` or its main thread (ShdPnd, SigPnd)."""
+    pending: set[int] = set()
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith((b"ShdPnd:", b"SigPnd:")):
+                    bits = int(line.split()[1], 16)
+                    pending.update(n + 1 for n in range(64) if bits >> n & 1)
+    except OSError:
+        pass
+    return pending
+
+
 def thread_exists(tid: int) -> bool:
     """Whether thread ``tid`` still runs (or is a zombie not yet reaped)."""
     return os.path.exists(f"/proc/{tid}")

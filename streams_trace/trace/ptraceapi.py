@@ -151,6 +151,18 @@ def interrupt(tid: int) -> None:
     _call(PTRACE_INTERRUPT, tid, 0, 0)
 
 
+PTRACE_GETSIGINFO = 0x4202
+_SIGINFO = struct.Struct("=iii4xi")  # si_signo, si_errno, si_code, then si_pid (of 128 bytes)
+
+
+def signal_sender(tid: int) -> tuple[int, int]:
+    """(si_code, si_pid) of the signal a thread in signal-delivery-stop is about to take."""
+    buffer = ctypes.create_string_buffer(128)
+    _call(PTRACE_GETSIGINFO, tid, 0, ctypes.addressof(buffer))
+    _, _, code, pid = _SIGINFO.unpack_from(buffer.raw)
+    return code, pid
+
+
 def event_message(tid: int) -> int:
     value = ctypes.c_ulong()
     _call(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(value))
