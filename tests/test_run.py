@@ -703,6 +703,34 @@ class TinyNameserver:
         self.sock.close()
 
 
+def test_a_tcp_connect_to_a_nameserver_is_left_alone(tunnel: Gateway) -> None:
+    """DNS over TCP (dig +tcp, a resolver after a truncated answer) goes to the nameserver
+    itself: the tunnel's responder answers UDP only. Here the nameserver is ours."""
+    if os.geteuid() != 0:
+        pytest.skip("binding port 53 needs root")
+    try:
+        nameserver = socket.create_server(("127.0.0.1", 53))
+    except OSError as exc:
+        pytest.skip(f"127.0.0.1:53 is taken here: {exc}")
+
+    def answer() -> None:
+        conn, _ = nameserver.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.sendall(b"answer:" + conn.recv(100))
+
+    server = threading.Thread(target=answer, daemon=True)
+    server.start()
+    with nameserver:
+        code, out, err = initiator_run(
+            tunnel, sys.executable, "-c",
+            "import socket\n"
+            "with socket.create_connection(('127.0.0.1', 53), timeout=10) as conn:\n"
+            "    conn.sendall(b'query')\n"
+            "    print(conn.recv(100).decode())\n")
+    assert (code, out) == (0, "answer:query\n"), err
+
+
 def test_other_names_still_resolve_through_the_real_nameserver(
         tunnel: Gateway, echo: EchoListener, musl_client: Path, tmp_path: Path) -> None:
     """Under a resolv.conf naming our own nameserver (a private mount namespace), a name

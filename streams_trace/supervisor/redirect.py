@@ -335,7 +335,7 @@ class Redirector:
         if target.port == DNS_PORT and self.dns is not None:
             if self.relay is not None:
                 assert isinstance(call, TracedCall)  # relay mode always stops under ptrace
-                self.relay.redirect_dns_connect(call.task, target)
+                self.relay.redirect_dns_connect(call.task, fd, target)
             else:
                 self._redirect_dns(call, fd, target)
             return

@@ -112,6 +112,7 @@ class Relay:
         # Local addresses of the supervisor's connections to private ports: the only
         # connections a relayed listening program may accept.
         self.expected_peers: set[tuple[str, int]] = set()
+        self.socket_types: dict[int, int] = {}  # socket inode -> SO_TYPE, just learned
         self.relayed = 0
 
     @property
@@ -213,7 +214,18 @@ class Relay:
             self.tracer.resume(task)
         return responder
 
-    def redirect_dns_connect(self, task: Task, nameserver: SockAddr) -> None:
+    def redirect_dns_connect(self, task: Task, fd: int, nameserver: SockAddr) -> None:
+        # Only a datagram socket goes to the responder (it answers UDP): a TCP query
+        # (dig +tcp, a resolver after a truncated answer) goes on to the nameserver.
+        # The socket's type is asked in the program, and its connect then runs again.
+        inode = self.owner.socket_inode(task, fd)
+        kind = self.socket_types.pop(inode, None)
+        if kind is None:
+            self._learn_type(task, fd, inode)
+            return
+        if kind != socket.SOCK_DGRAM:
+            self.tracer.resume(task)
+            return
         responder = self._responder(task, nameserver)
         if responder is None:
             return
@@ -222,6 +234,29 @@ class Relay:
                   task.tgid, nameserver)
         self.run_with_private(task, data, lambda slot: {1: slot, 2: len(data)},
                               lambda info, slot: self.tracer.resume(task))
+
+    def _learn_type(self, task: Task, fd: int, inode: int) -> None:
+        """getsockopt(fd, SO_TYPE) run in the program in place of its syscall."""
+        if not self.ensure_scratch(task):
+            return
+        slot = self.scratch.acquire(task.tgid)
+        try:
+            pt.write_memory(task.tid, slot, struct.pack("=iI", 0, 4))  # value, its length
+        except OSError:
+            self.scratch.release(task.tgid, slot)
+            raise
+
+        def learned(result: int) -> None:
+            try:
+                if result == 0:
+                    (kind,) = struct.unpack("=i", pt.read_memory(task.tid, slot, 4))
+                    self.socket_types[inode] = kind
+            finally:
+                self.scratch.release(task.tgid, slot)
+
+        self.tracer.run_instead(
+            task, self.tracer.arch.number("getsockopt"),
+            (fd, socket.SOL_SOCKET, socket.SO_TYPE, slot, slot + 4, 0), learned)
 
     def redirect_dns_sendto(self, task: Task, fd: int, nameserver: SockAddr) -> None:
         responder = self._responder(task, nameserver)
