@@ -363,6 +363,41 @@ def test_wrong_secret_connection_never_reaches_the_program(
     assert _listener_secret(tunnel).decode() not in err
 
 
+def test_refused_connections_under_a_storm_of_signals(tunnel: Gateway) -> None:
+    """A listening program takes SIGALRM every ms while connections fail the handshake: the
+    supervisor closes each inside the program and runs its accept again, and the signals
+    must not land in the middle (its accept returns the good connection, nothing leaks)."""
+    server = listener_program(
+        tunnel, sys.executable, "-c",
+        "import os, signal, socket, sys\n"
+        "signal.signal(signal.SIGALRM, lambda *_: None)\n"
+        "server = socket.socket()\n"
+        "server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"server.bind(('127.0.0.1', {tunnel.listener_port}))\n"
+        "server.listen(16)\n"
+        "before = len(os.listdir('/proc/self/fd'))\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)\n"
+        "print('listening', flush=True)\n"
+        "conn, _ = server.accept()\n"
+        "data = b''\n"
+        "while not data.endswith(b'\\n'):\n"
+        "    data += conn.recv(100)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0)\n"
+        "print('got', data.decode().strip(), 'new descriptors', "
+        "len(os.listdir('/proc/self/fd')) - before, flush=True)\n")
+    for _ in range(20):  # not the protocol: refused, the program never sees them
+        with socket.create_connection(tunnel.listener_address, timeout=10) as bad:
+            bad.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            bad.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                while bad.recv(100):
+                    pass
+    with _connect_with_secret(tunnel.listener_port, tunnel, _listener_secret(tunnel)) as good:
+        good.sendall(b"good\n")
+        code, out, err = finish(server)
+    assert (code, out) == (0, "got good new descriptors 1\n"), err
+
+
 @pytest.mark.parametrize("how", ["-p", "env"])
 def test_extra_listener_ports(tunnel: Gateway, how: str) -> None:
     port = free_port()

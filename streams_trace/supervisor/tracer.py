@@ -60,6 +60,7 @@ class Task:
     on_exit_stop: ExitCallback | None = None  # the policy waits for this syscall's result
     inject: str | None = None  # "close-entry" / "close-exit" while closing an fd in it
     restart: tuple[int, int, tuple[int, ...]] | None = None  # (rip, nr, args) to re-run
+    held_signals: list[int] = field(default_factory=list)  # arrived during an injected close
     on_death: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -289,6 +290,13 @@ class Tracer:
             self.resume(task)
         else:  # signal-delivery-stop: give the signal to the program (Go's SIGURG too)
             task.started = True
+            if task.inject == "close-entry":
+                # It would run its handler from where our injected close is about to
+                # start, and the handler's system calls would be taken for the close:
+                # keep the signal until the program's own syscall is back in place.
+                task.held_signals.append(sig)
+                self.resume(task)
+                return
             if self.on_signal_stop is not None:
                 self.on_signal_stop(task)
             if sig in FORWARDED_SIGNALS and task.tgid == self.main_pid:
@@ -344,6 +352,9 @@ class Tracer:
             pt.set_registers(task.tid, regs)
             task.inject, task.restart = None, None
             self.resume(task)
+            held, task.held_signals = task.held_signals, []
+            for sig in held:  # see the signal-delivery-stop in _handle
+                pt.tgkill(task.tgid, task.tid, sig)
             return
         info = pt.syscall_info(task.tid)
         if info.op == pt.PTRACE_SYSCALL_INFO_EXIT and task.on_exit_stop is not None:

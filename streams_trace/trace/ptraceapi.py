@@ -163,6 +163,16 @@ def signal_sender(tid: int) -> tuple[int, int]:
     return code, pid
 
 
+def tgkill(tgid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to thread ``tid`` of process ``tgid`` (a thread-directed signal)."""
+    from .arch import native  # the number differs by architecture
+
+    if _libc.syscall(native().number("tgkill"), tgid, tid, sig) < 0:
+        error = ctypes.get_errno()
+        if error != errno.ESRCH:  # gone: nobody to tell
+            raise OSError(error, f"tgkill: {os.strerror(error)}")
+
+
 def event_message(tid: int) -> int:
     value = ctypes.c_ulong()
     _call(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(value))
