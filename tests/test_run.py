@@ -707,7 +707,9 @@ class TinyNameserver:
 
     ADDRESS = ("127.83.0.53", 53)
 
-    def __init__(self, name: str, answer: str) -> None:
+    def __init__(self, name: str, answer: str, forge_first: bool = False) -> None:
+        """``forge_first``: answer each query first with another query id and a wrong
+        address, as a spoofer racing the nameserver would."""
         from streams_trace.supervisor import dns
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -725,6 +727,10 @@ class TinyNameserver:
                     continue
                 self.asked.append(question.name)
                 known = answer if question.name == name else None
+                if forge_first:
+                    forged_id = bytes([query[0] ^ 0xFF, query[1]])
+                    self.sock.sendto(dns.build_answer(forged_id + query[2:], question,
+                                                      "127.6.6.6"), client)
                 self.sock.sendto(dns.build_answer(query, question, known), client)
 
         threading.Thread(target=serve, daemon=True).start()
@@ -764,6 +770,31 @@ def test_a_tcp_connect_to_a_nameserver_is_left_alone(tunnel: Gateway) -> None:
             "    conn.sendall(b'query')\n"
             "    print(conn.recv(100).decode())\n")
     assert (code, out) == (0, "answer:query\n"), err
+
+
+def test_a_forwarded_query_takes_only_its_own_answer(tunnel: Gateway, tmp_path: Path) -> None:
+    """The supervisor forwards other names' queries; a reply with another query id is not
+    the answer (the program cannot check it: the reply comes from the supervisor)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private /etc/resolv.conf")
+    try:
+        nameserver = TinyNameserver("other.streams-trace.test", "127.0.0.1", forge_first=True)
+    except OSError as exc:
+        pytest.skip(f"cannot bind the test nameserver on 127.83.0.53:53: {exc}")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.83.0.53\noptions timeout:2 attempts:1\n")
+    script = (
+        f"mount --bind {resolv} /etc/resolv.conf && "
+        f"{' '.join(STREAMS_RUN[:2])} '{STREAMS_RUN[2]}' --config-dir {tunnel.initiator_dir} "
+        f"{tunnel.tunnel_id} {sys.executable} -c \"import socket; "
+        f"print(socket.gethostbyname('other.streams-trace.test'))\""
+    )
+    try:
+        process = subprocess.run(["unshare", "--mount", "sh", "-c", script],
+                                 capture_output=True, text=True, timeout=60)
+    finally:
+        nameserver.close()
+    assert (process.returncode, process.stdout) == (0, "127.0.0.1\n"), process.stderr
 
 
 def test_other_names_still_resolve_through_the_real_nameserver(

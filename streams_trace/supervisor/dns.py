@@ -179,7 +179,10 @@ class Responder:
         upstream = socket.socket(family, socket.SOCK_DGRAM)
         upstream.setblocking(False)
         try:
-            upstream.sendto(query, (nameserver.host, nameserver.port))
+            # Connected: the kernel drops datagrams from anyone but the nameserver, the
+            # check the client can no longer make itself (its answers come from us).
+            upstream.connect((nameserver.host, nameserver.port))
+            upstream.send(query)
         except OSError:
             upstream.close()
             return
@@ -192,6 +195,8 @@ class Responder:
                 return
             except OSError:
                 reply = b""
+            if reply and reply[:2] != query[:2]:
+                return  # not the answer to this query (its id): wait on, up to the timeout
             if reply:
                 try:
                     sock.sendto(reply, client)
