@@ -276,7 +276,13 @@ class Tracer:
                 self._forget_task(other)
             if self.policy is not None:  # a new memory image: scratch memory is gone
                 self.policy.forget_process(task.tgid)
+            # When another thread exec'd, this Task was the old main thread's, which may
+            # have been held for a connection: that thread is gone, end what waited on it.
+            for callback in task.on_death:
+                callback()
+            task.on_death.clear()
             task.on_exit_stop, task.inject, task.restart = None, None, None
+            task.held_signals.clear()
             self.resume(task)
         elif event == pt.PTRACE_EVENT_STOP:
             if not task.started:
