@@ -195,6 +195,7 @@ class SplicePump:
         self._pairs: set[_Pair] = set()
         self._stopping = False
         self._closed = False
+        self._ended_now: set[int] = set()  # descriptors whose pair ended in this epoll batch
         self._thread = threading.Thread(target=self._run, name="splice-pump", daemon=True)
         self._thread.start()
 
@@ -251,7 +252,12 @@ class SplicePump:
 
     def _run(self) -> None:
         while not self._stopping:
+            self._ended_now.clear()
             for fd, events in self._epoll.poll():
+                if fd in self._ended_now:
+                    # Its pair ended earlier in this batch, and a pair taken in since
+                    # may have the same number: the event is not that pair's.
+                    continue
                 if fd == self._wake_read:
                     self._drain_wakeups()
                     continue
@@ -311,6 +317,7 @@ class SplicePump:
             fd = sock.fileno()
             if fd >= 0:
                 self._by_fd.pop(fd, None)
+                self._ended_now.add(fd)
                 with contextlib.suppress(OSError, ValueError):
                     self._epoll.unregister(fd)
         pair.close()
