@@ -285,10 +285,10 @@ class Tracer:
             task.held_signals.clear()
             self.resume(task)
         elif event == pt.PTRACE_EVENT_STOP:
-            if not task.started:
-                task.started = True  # the stop every auto-attached thread starts with
-                self.resume(task)
-            elif sig in STOP_SIGNALS:
+            # A thread's first stop says SIGTRAP, unless it was born into a group stop
+            # (a stop signal came while it was being made): then it stays stopped too.
+            task.started = True
+            if sig in STOP_SIGNALS:
                 self._on_group_stop(task, sig)
             else:
                 self.resume(task)
