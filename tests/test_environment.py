@@ -374,6 +374,26 @@ def test_listener_contact_must_be_an_ip_address(globus: Globus) -> None:
 # -- the LAN leg not secured --------------------------------------------------------------
 
 
+def test_a_passing_gcs_manager_failure_fails_and_keeps_the_secret(globus: Globus) -> None:
+    """A 5xx from the GCS Manager is no answer: initialize fails, and the conf (with the LAN
+    secret it has) stays; it must not be rewritten without one."""
+    log_in(INITIATOR_ENDPOINT)
+    serve_tunnel(globus, initiator=("198.51.100.7", 50123))
+    serve_access_points(globus)
+    serve_endpoints()
+    serve_lan_secret(globus, "initiator")
+    assert run_cli("environment", "initialize", globus.tunnel_id).code == 0
+    before = globus.conf_path().read_bytes()
+    serve_lan_secret(globus, "initiator", status=503, body={
+        "DATA_TYPE": "result#1.0.0", "code": "unavailable", "http_response_code": 503,
+        "detail": "try again later"})
+    # (responses answers with its registrations for one URL in order, so this one is next.)
+    result = run_cli("environment", "initialize", globus.tunnel_id)
+    assert result.code != 0 and len(result.stderr.strip().splitlines()) == 1, result
+    assert "503" in result.stderr
+    assert globus.conf_path().read_bytes() == before
+
+
 @pytest.mark.parametrize("answer", ["conflict", "no secret", "no GCS Manager URL"])
 def test_lan_leg_not_secured_is_said_plainly(globus: Globus, answer: str) -> None:
     log_in(INITIATOR_ENDPOINT)

@@ -7,8 +7,9 @@ initiator access point's LAN secret, write the conf.
 Listener side (a listener contact is given): register that contact with the
 tunnel, get the listener access point's LAN secret, write the conf.
 
-Either side, a LAN secret that cannot be had leaves that leg unsecured; the
-result says why, and the command says it plainly.
+Either side, a LAN secret that cannot be had (the GCS Manager answers that there is
+none, or there is no GCS Manager URL) leaves that leg unsecured; the result says why,
+and the command says it plainly. A failure that may pass (network, 5xx) fails instead.
 """
 
 from __future__ import annotations

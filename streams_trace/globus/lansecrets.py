@@ -71,6 +71,12 @@ def fetch_lan_secret(
             raise
         if isinstance(translated, GlobusAuthError):
             raise translated from exc
+        passing = isinstance(exc, globus_sdk.NetworkError) or (
+            isinstance(exc, globus_sdk.GlobusAPIError) and (exc.http_status or 0) >= 500)
+        if passing:
+            # Try again later: a failure that passes must not switch LAN authentication
+            # off (the conf written without a secret would replace a good one).
+            raise translated from exc
         return SecretResult(None, _reason(translated))
     return _parse(response.data, endpoint_id)
 
