@@ -158,25 +158,32 @@ def format_time(epoch: float) -> str:
     return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+# Times a conf may hold: 1970 to the year 9999, what datetime and every later use can take
+# (a millisecond timestamp by mistake, nan or inf would fail far from the conf).
+_LATEST_TIME = 253402300799.0  # 9999-12-31 23:59:59 UTC
+
+
 def parse_time(text: str) -> float:
     """Unix seconds, or an ISO 8601 timestamp as Globus prints them."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is neither unix seconds nor an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.timezone.utc)
-    return moment.timestamp()
+        try:
+            moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{text!r} is neither unix seconds nor an ISO 8601 time") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=_dt.timezone.utc)
+        value = moment.timestamp()
+    if not 0 <= value <= _LATEST_TIME:  # nan fails this too
+        raise ValueError(f"{text!r} is not a time between 1970 and 9999")
+    return value
 
 
 def _parse_seconds(text: str) -> float:
     value = float(text)
-    if value < 0:
-        raise ValueError(f"{text!r} is negative")
+    if not 0 <= value <= _LATEST_TIME:  # nan and inf fail this too
+        raise ValueError(f"{text!r} is not a number of seconds from 0 to {_LATEST_TIME:.0f}")
     return value
 
 

@@ -143,6 +143,10 @@ def test_missing_conf_says_what_to_do(tmp_path: Path) -> None:
         ("fake_port=http", ":3: bad fake_port"),
         ("update_time=yesterday", "neither unix seconds nor an ISO 8601 time"),
         ("connector_contact_string_ttl=-5", ":3: bad connector_contact_string_ttl"),
+        ("connector_contact_string_ttl=inf", ":3: bad connector_contact_string_ttl"),
+        ("update_time=nan", "is not a time between 1970 and 9999"),
+        ("tunnel_expiration_time=-1e20", "is not a time between 1970 and 9999"),
+        ("tunnel_expiration_time=1763821600000", "is not a time between 1970 and 9999"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path: Path, line: str, expected: str) -> None:

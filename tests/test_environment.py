@@ -648,6 +648,22 @@ def test_cleanup_removes_expired_confs_only(globus: Globus, tmp_path: Path) -> N
     assert not responses.calls
 
 
+def test_cleanup_judges_each_file_by_its_own_content(globus: Globus) -> None:
+    """A file named in capitals is not the conf of that tunnel (load reads the lower-case
+    name): an expired conf beside it must not get it removed."""
+    tunnel_id = "0e8a675b-6b84-4220-89e4-a6a7a0d823fb"
+    confmod.save(confmod.TunnelConf(tunnel_id=tunnel_id, lankey="k",
+                                    tunnel_expiration_time=float(int(time.time() - 60))),
+                 globus.config_dir)
+    capitals = globus.config_dir / f"{tunnel_id.upper()}.conf"
+    capitals.write_text(f"lankey=live\ntunnel_expiration_time={int(time.time()) + 3600}\n")
+    capitals.chmod(0o600)
+    result = run_cli("environment", "cleanup")
+    assert result.code == 0, result
+    assert capitals.exists()
+    assert not (globus.config_dir / f"{tunnel_id}.conf").exists()
+
+
 def test_help_of_every_environment_command() -> None:
     for command in ("initialize", "contact-lookup", "show", "cleanup"):
         result = run_cli("environment", command, "--help")

@@ -318,6 +318,19 @@ def test_an_initiator_without_the_link_secret_file_fails_in_one_line(tmp_path: P
     assert "no link secret; copy the file" in result.stderr
 
 
+def test_a_state_folder_it_cannot_write_fails_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        streams_trace_command("gateway", "--listener-contact-string",
+                              f"127.0.0.1:{free_port()}",
+                              "--initiator-config-dir", str(tmp_path / "initiator"),
+                              "--listener-config-dir", str(tmp_path / "listener"),
+                              "--state-dir", "/proc/no-such-folder"),
+        capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "cannot write the gateway state" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -134,7 +134,10 @@ def _with_client_api(tunnel_id: str, folder: Path) -> None:
     received: dict[str, bytes] = {}
 
     def serve(listener: client.Listener) -> None:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # timed out, or closed because the client side failed
+            return
         with conn:
             data = b""
             while chunk := conn.recv(1 << 16):
@@ -143,7 +146,8 @@ def _with_client_api(tunnel_id: str, folder: Path) -> None:
             conn.sendall(hashlib.sha256(data).digest())
 
     with client.listen(tunnel_id, config_dir=folder / "listener") as listener:
-        thread = threading.Thread(target=serve, args=(listener,))
+        listener.socket.settimeout(30)  # a failed client must not leave it waiting forever
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
         thread.start()
         _step("2. listening program (client API) on the listener side")
         with client.connect(tunnel_id, config_dir=folder / "initiator") as sock:

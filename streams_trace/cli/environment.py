@@ -219,9 +219,15 @@ def cleanup(config_dir: Path | None, dry_run: bool) -> None:
     directory = confmod.config_dir(config_dir)
     removed = kept = 0
     now = time.time()
-    for path in sorted(directory.glob("*.conf")) if directory.is_dir() else []:
+    try:
+        paths = sorted(directory.glob("*.conf")) if directory.is_dir() else []
+    except OSError as exc:
+        raise ConfError(f"{directory}: cannot list it ({exc.strerror or exc})") from None
+    for path in paths:
         try:
             tunnel_id = parse_tunnel_id(path.stem)
+            if tunnel_id != path.stem:
+                continue  # not the name the conf of that tunnel has (load reads that one)
             conf = confmod.load(tunnel_id, directory)
         except ContactError:
             continue  # not a tunnel conf

@@ -9,10 +9,12 @@ gateway can keep the same contact strings.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -167,10 +169,21 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically, mode 0600 (it names ports and paths, never secrets)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        tomli_w.dump(state, handle)
-    os.replace(temporary, path)
+    """Write atomically, mode 0600 (it names ports and paths, never secrets). Raises
+    ConfError when the folder cannot take it."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # A fresh name of mkstemp's (O_EXCL, 0600): a link planted in a shared folder
+        # under a name we could be guessed to use is never written through.
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                tomli_w.dump(state, handle)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    except OSError as exc:
+        raise ConfError(f"{path}: cannot write the gateway state ({exc.strerror or exc})"
+                        ) from None
