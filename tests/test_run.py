@@ -398,6 +398,23 @@ def test_refused_connections_under_a_storm_of_signals(tunnel: Gateway) -> None:
     assert (code, out) == (0, "got good new descriptors 1\n"), err
 
 
+def test_a_listening_socket_handed_to_a_child_keeps_the_tunnel_port(tunnel: Gateway,
+                                                                     tmp_path: Path) -> None:
+    """The process that bound the tunnel port forks and leaves; its child accepts."""
+    done = tmp_path / "done"
+    server = listener_program(
+        tunnel, "sh", "-c",
+        f"{sys.executable} {PROGRAMS / 'handing_server.py'} {tunnel.listener_port} {done}; "
+        f"while [ ! -e {done} ]; do sleep 0.05; done")
+    time.sleep(0.5)  # the binding process has left by now
+    with _connect_with_secret(tunnel.listener_port, tunnel, _listener_secret(tunnel)) as good:
+        good.sendall(b"handed\n")
+        good.settimeout(15)
+        assert good.recv(100) == b"echo:handed\n"
+    code, _, err = finish(server)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("how", ["-p", "env"])
 def test_extra_listener_ports(tunnel: Gateway, how: str) -> None:
     port = free_port()

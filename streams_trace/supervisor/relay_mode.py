@@ -136,9 +136,33 @@ class Relay:
     def forget_process(self, tgid: int) -> None:
         self.scratch.forget(tgid)
         for key, listener in list(self.listeners.items()):
-            if listener.owner_tgid == tgid:
-                listener.close()
-                del self.listeners[key]
+            if listener.owner_tgid != tgid:
+                continue
+            # A child that inherited the program's socket (or the new image after an
+            # exec) may go on accepting on it: the tunnel port stays while one holds it.
+            holder = self._holder_of(listener)
+            if holder is not None:
+                listener.owner_tgid = holder
+                continue
+            listener.close()
+            del self.listeners[key]
+
+    def _holder_of(self, listener: TunnelListener) -> int | None:
+        """A traced process that still holds the program's socket behind ``listener``."""
+        wanted = {f"socket:[{inode}]" for inode, each in self.listener_of_inode.items()
+                  if each is listener}
+        for pid in sorted({task.tgid for task in self.tracer.tasks.values()}):
+            try:
+                descriptors = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for descriptor in descriptors:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{descriptor}") in wanted:
+                        return pid
+                except OSError:
+                    continue
+        return None
 
     # -- scratch memory and private arguments --------------------------------------------
 
