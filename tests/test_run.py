@@ -498,7 +498,8 @@ def test_misused_sockets_get_the_kernels_errors(tunnel: Gateway, echo: EchoListe
     # non-blocking connect had finished (relay mode, where the program made it).
     again, *rest = out.splitlines()
     assert code == 0 and again in ("connect again: EISCONN", "connect again: 0"), (out, err)
-    assert rest == ["echo ok", "connect closed fd: EBADF"], (out, err)
+    assert rest == ["echo ok", "connect closed fd: EBADF", "connect a file to port 53: ENOTSOCK"
+                    ], (out, err)
     time.sleep(0.5)  # a connection for nothing would have reached the listener by now
     assert echo.served == 1
     listen_port = free_port()
@@ -534,6 +535,11 @@ def test_wrong_initiator_secret_gives_econnrefused(tunnel: Gateway, tmp_path: Pa
                                         options=("-d",)), 30)
     assert code == 1 and out == "connect: Connection refused\nok 0\n", err
     assert "handshake failed" in err and "definitely-not-the-secret" not in err
+    # A refused connect leaves the socket unconnected: trying again on it is a new connect.
+    code, out, err = finish(streams_run(wrong, tunnel.tunnel_id, sys.executable,
+                                        str(PROGRAMS / "descriptor_errors.py"), "retry", name,
+                                        port), 30)
+    assert (code, out) == (0, "connect, again: ECONNREFUSED ECONNREFUSED\n"), err
 
 
 def test_other_destinations_are_left_alone(tunnel: Gateway, c_client: Path) -> None:

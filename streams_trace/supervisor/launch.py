@@ -90,13 +90,12 @@ def spawn(
     # that arrived once it is seized would stop it for a parent that is not waiting yet
     # (it reads the child's report), and both would wait forever.
     parent_mask = signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
+    pid = -1
     try:
         pid = os.fork()
-    except OSError:
-        signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
-        raise
-    if pid != 0:
-        signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
+    finally:
+        if pid != 0:  # the parent, whether or not the fork worked
+            signal.pthread_sigmask(signal.SIG_SETMASK, parent_mask)
     if pid == 0:  # child: only async-signal-safe-ish work, then exec
         try:
             os.close(go_write)

@@ -681,11 +681,12 @@ class ConnectRedirect(Operation):
         self.finish(-errno.ETIMEDOUT, "timed out")
 
     def _abandon(self) -> None:
-        """End the program's socket's half-made connection (a connect still under way is
-        aborted), so what its failed connect leaves behind carries nothing."""
+        """Undo the program's socket's connection to the access point (a connect still
+        under way is aborted, an open one reset), leaving the socket as a refused connect
+        does: unconnected, so a retry on it is a fresh connect."""
         if self.sock is not None:
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                pt.disconnect(self.sock.fileno())
             except OSError:
                 pass
 

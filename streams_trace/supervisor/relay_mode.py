@@ -271,11 +271,12 @@ class Relay:
             raise
 
         def learned(result: int) -> None:
+            kind = -1  # not a socket one can ask (the kernel will say so to the connect)
             try:
                 if result == 0:
                     (kind,) = struct.unpack("=i", pt.read_memory(task.tid, slot, 4))
-                    self.socket_types[inode] = kind
             finally:
+                self.socket_types[inode] = kind  # asked once: the connect then goes on
                 self.scratch.release(task.tgid, slot)
 
         self.tracer.run_instead(

@@ -173,6 +173,14 @@ def tgkill(tgid: int, tid: int, sig: int) -> None:
             raise OSError(error, f"tgkill: {os.strerror(error)}")
 
 
+def disconnect(fd: int) -> None:
+    """connect(2) to an AF_UNSPEC address: dissolve a socket's connection (Linux)."""
+    unspecified = ctypes.create_string_buffer(16)  # sa_family 0 = AF_UNSPEC, the rest zero
+    if _libc.connect(fd, unspecified, 16) < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"connect(AF_UNSPEC): {os.strerror(error)}")
+
+
 def event_message(tid: int) -> int:
     value = ctypes.c_ulong()
     _call(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(value))

@@ -1,6 +1,8 @@
 """Misused sockets under streams-run get the kernel's own errors, and nothing hangs.
 
-    descriptor_errors.py client HOST PORT   connect twice, then on a closed descriptor
+    descriptor_errors.py client HOST PORT   connect twice, then on a closed descriptor,
+                                            then a file to a nameserver's port
+    descriptor_errors.py retry HOST PORT    connect, and again on the same socket
     descriptor_errors.py listener PORT      accept on a closed listening descriptor
 
 Prints one "CALL: ERRNO-NAME" line per misuse (then "echo ok" for the client's
@@ -42,6 +44,16 @@ if sys.argv[1] == "client":
         print("echo ok" if reply == b"echo:hello\n" else f"echo wrong: {reply!r}")
     raw = struct.pack("=HH4s8x", socket.AF_INET, socket.htons(port), socket.inet_aton(address[0]))
     print("connect closed fd:", outcome(libc.connect(closed_descriptor(), raw, len(raw))))
+    dns = struct.pack("=HH4s8x", socket.AF_INET, socket.htons(53), socket.inet_aton("127.0.0.1"))
+    not_a_socket = os.open(os.devnull, os.O_RDONLY)
+    print("connect a file to port 53:", outcome(libc.connect(not_a_socket, dns, len(dns))))
+elif sys.argv[1] == "retry":
+    address = socket.getaddrinfo(sys.argv[2], int(sys.argv[3]), socket.AF_INET,
+                                 socket.SOCK_STREAM)[0][4]
+    with socket.socket() as conn:
+        first = conn.connect_ex(address)
+        second = conn.connect_ex(address)
+    print("connect, again:", errno.errorcode.get(first, "0"), errno.errorcode.get(second, "0"))
 else:
     listening = socket.socket()
     listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
