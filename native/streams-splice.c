@@ -154,19 +154,26 @@ static void report(const struct pair *p)
     }
 }
 
-static void close_pair(struct pair *p)
+/* Close a pair. cut: the helper stops with the pair still open; a side that still had
+ * bytes or its end of file to come gets a reset (its stream is incomplete), while a
+ * side whose direction had finished keeps what is queued for it. */
+static void close_pair(struct pair *p, int cut)
 {
     struct direction *dirs[2] = {&p->forward, &p->backward};
     for (int i = 0; i < 2; i++) {
         close(dirs[i]->pipe_read);
         close(dirs[i]->pipe_write);
     }
+    if (cut)
+        p->reset = 1; /* as reported: the pair did not end by itself */
     for (int side = 0; side < 2; side++) {
         /* Deregister explicitly: close() alone leaves the registration alive
          * while another process still holds a copy of the socket. */
         if (p->end[side].registered)
             epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[side], NULL);
-        if (p->reset) {
+        /* fd[0] is the forward source: what goes toward it is the backward direction. */
+        const struct direction *toward = side == 0 ? &p->backward : &p->forward;
+        if (p->reset && !(cut && toward->finished)) {
             /* SO_LINGER 0 makes close() send a reset, so a reset passes through. */
             struct linger linger = {.l_onoff = 1, .l_linger = 0};
             (void)setsockopt(p->fd[side], SOL_SOCKET, SO_LINGER, &linger, sizeof linger);
@@ -319,7 +326,7 @@ static void service(struct pair *p, int side, uint32_t events)
             p->end[side].hung_up = 1;
     }
     if (p->reset || (p->forward.finished && p->backward.finished)) {
-        close_pair(p);
+        close_pair(p, 0);
         return;
     }
     update_interest(p);
@@ -375,7 +382,7 @@ static void add_pair(uint64_t id, int fds[2])
         if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fds[side], &ev) < 0) {
             say("pair %llu refused: epoll: %s", (unsigned long long)id, strerror(errno));
             p->reset = 1;
-            close_pair(p);
+            close_pair(p, 0);
             return;
         }
         p->end[side].registered = 1;
@@ -525,10 +532,8 @@ int main(int argc, char **argv)
     /* The owner has gone: close every pair (reporting it while anyone listens), by a
      * reset: bytes still in flight are lost, and an end of file would pass the stream
      * off as complete. */
-    while (pairs) {
-        pairs->reset = 1;
-        close_pair(pairs);
-    }
+    while (pairs)
+        close_pair(pairs, 1);
     free_closed_pairs();
     return 0;
 }

@@ -222,6 +222,29 @@ def test_closing_the_pump_resets_what_it_still_carries(pump: Pump, sockets: Sock
     server.close()
 
 
+def test_closing_the_pump_delivers_a_direction_that_had_finished(pump: Pump,
+                                                                 sockets: Sockets) -> None:
+    """The client sent everything and its end of file; the server reads slowly. The pump
+    stops with those bytes still queued toward the server: they arrive, with the end of
+    file, while the client (whose answer never came) gets a reset."""
+    done = Finished()
+    client, server = relayed(pump, sockets, done)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the rest waits queued
+    payload = os.urandom(128 * 1024)
+    client.sendall(payload)
+    client.shutdown(socket.SHUT_WR)
+    time.sleep(0.5)  # for the pump to move it all toward the server, and the end of file
+    pump.close()
+    assert done.wait()[2] is True
+    server.settimeout(10)
+    assert read_to_end(server) == payload
+    client.settimeout(10)
+    with pytest.raises(ConnectionResetError):
+        read_to_end(client)
+    client.close()
+    server.close()
+
+
 def test_a_reset_after_a_half_close_reaches_an_idle_peer(pump: Pump, sockets: Sockets) -> None:
     """The client ends its side, then resets: its direction is over, so no read sees it."""
     done = Finished()

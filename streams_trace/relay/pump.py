@@ -110,14 +110,17 @@ class _Pair:
             events |= select.EPOLLOUT
         return events
 
-    def close(self) -> None:
+    def close(self, cut: bool = False) -> None:
+        """Close both sides; ``cut``: the pump stops with the pair still open, and a side
+        that still had bytes or its end of file to come gets a reset (its stream is
+        incomplete), while a side whose direction had finished keeps what is queued."""
         for direction in (self.forward, self.backward):
             os.close(direction.pipe_read)
             os.close(direction.pipe_write)
-        if self.reset:
-            # SO_LINGER 0 makes close() send a reset, so a reset passes through.
-            linger = struct.pack("ii", 1, 0)
-            for sock in (self.a, self.b):
+        # SO_LINGER 0 makes close() send a reset, so a reset passes through.
+        linger = struct.pack("ii", 1, 0)
+        for sock, toward in ((self.a, self.backward), (self.b, self.forward)):
+            if self.reset or (cut and not toward.finished):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         self.a.close()
@@ -238,8 +241,7 @@ class SplicePump:
             pair.close()
             _report(pair.on_done, 0, 0, True)
         for pair in list(self._pairs):
-            pair.reset = True
-            self._finish(pair)
+            self._finish(pair, cut=True)
         self._epoll.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
@@ -311,7 +313,7 @@ class SplicePump:
                 self._epoll.register(each.fileno(), pair.events_for(each))
                 pair.registered.add(each)
 
-    def _finish(self, pair: _Pair) -> None:
+    def _finish(self, pair: _Pair, cut: bool = False) -> None:
         self._pairs.discard(pair)
         for sock in (pair.a, pair.b):
             fd = sock.fileno()
@@ -320,8 +322,8 @@ class SplicePump:
                 self._ended_now.add(fd)
                 with contextlib.suppress(OSError, ValueError):
                     self._epoll.unregister(fd)
-        pair.close()
-        _report(pair.on_done, pair.forward.moved, pair.backward.moved, pair.reset)
+        pair.close(cut)
+        _report(pair.on_done, pair.forward.moved, pair.backward.moved, pair.reset or cut)
 
 
 def _report(on_done: DoneCallback | None, forward: int, backward: int, reset: bool) -> None:
