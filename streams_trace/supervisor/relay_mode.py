@@ -111,7 +111,9 @@ class Relay:
         self.listener_of_inode: dict[int, TunnelListener] = {}
         # Local addresses of the supervisor's connections to private ports: the only
         # connections a relayed listening program may accept.
-        self.expected_peers: set[tuple[str, int]] = set()
+        # Source address of each connection the supervisor made to a private port -> its
+        # operation: the program's accept lets in only these.
+        self.expected_peers: dict[tuple[str, int], ListenerRelay] = {}
         self.socket_types: dict[int, int] = {}  # socket inode -> SO_TYPE, just learned
         self.relayed = 0
 
@@ -382,8 +384,7 @@ class Relay:
                 pt.write_memory(task.tid, address_pointer, raw[:room])
                 pt.write_memory(task.tid, length_pointer, struct.pack("=I", length))
             peer = sa_codec.decode(raw)
-            if peer is not None and peer.key in self.expected_peers:
-                self.expected_peers.discard(peer.key)
+            if peer is not None and self.expected_peers.pop(peer.key, None) is not None:
                 self.tracer.resume(task)
                 return
             log.debug("accept fd %d of process %d: a connection from %s did not come "
@@ -635,14 +636,14 @@ class ListenerRelay(Operation):
         try:
             inner.bind(sa_codec.python_address(loopback_for(private, 0), inner.family))
             local = sa_codec.address_key(inner.getsockname())
-            self.relay.expected_peers.add(local)
+            self.relay.expected_peers[local] = self
             error = inner.connect_ex(sa_codec.python_address(private, inner.family))
         except OSError as exc:
             inner.close()
             self._fail(f"{outcome}, but the private port failed: {exc}")
             return
         if error not in (0, errno.EINPROGRESS):
-            self.relay.expected_peers.discard(local)
+            self.relay.expected_peers.pop(local, None)
             inner.close()
             if error == errno.ECONNREFUSED and time.monotonic() + PRIVATE_CONNECT_RETRY \
                     < self.deadline:
@@ -685,7 +686,10 @@ class ListenerRelay(Operation):
     def _pair_done(self, to_program: int, to_access: int, reset: bool) -> None:
         # Not accepted by the program, it can never be now: forget its source address,
         # or a local process that bound it next would be let in unauthenticated.
-        self.relay.expected_peers.discard(self.inner_address)
+        # (Only our own entry: a new connection may have the same source port by now.)
+        if self.inner_address is not None and \
+                self.relay.expected_peers.get(self.inner_address) is self:
+            self.relay.expected_peers.pop(self.inner_address, None)
         log.debug("relayed connection from %s ended: %d bytes in, %d out%s", self.peer,
                   to_program, to_access, ", reset" if reset else "")
 

@@ -116,6 +116,7 @@ class Tracer:
         self.policy: Policy | None = None
         self.main_pid = 0
         self.taken: list[tuple[int, int, float]] = []  # (signal, kill() sender, when) taken
+        self.expected: list[tuple[int, int, float]] = []  # seen pending, not taken yet
         self.main_status: int | None = None
         self.failure: str | None = None  # set when the supervisor itself ends the program
         self.stopped_self = False
@@ -296,6 +297,8 @@ class Tracer:
             self.resume(task)
         else:  # signal-delivery-stop: give the signal to the program (Go's SIGURG too)
             task.started = True
+            if sig in FORWARDED_SIGNALS and task.tgid == self.main_pid:
+                self._note_taken(task, sig)
             if task.inject == "close-entry":
                 # It would run its handler from where our injected close is about to
                 # start, and the handler's system calls would be taken for the close:
@@ -305,8 +308,6 @@ class Tracer:
                 return
             if self.on_signal_stop is not None:
                 self.on_signal_stop(task)
-            if sig in FORWARDED_SIGNALS and task.tgid == self.main_pid:
-                self._note_taken(task, sig)
             self.resume(task, sig)
 
     def _note_taken(self, task: Task, sig: int) -> None:
@@ -316,8 +317,13 @@ class Tracer:
         except OSError:
             return
         now = time.monotonic()
+        who = sender if code == SI_USER else -1
         self.taken = [entry for entry in self.taken if now - entry[2] < TAKEN_MEMORY]
-        self.taken.append((sig, sender if code == SI_USER else -1, now))
+        for index, (expected, expected_sender, _) in enumerate(self.expected):
+            if (expected, expected_sender) == (sig, who):
+                del self.expected[index]  # ``took`` saw it pending: already accounted for
+                return
+        self.taken.append((sig, who, now))
 
     def took(self, sig: int, sender: int) -> bool:
         """Whether the program has taken, or has pending, signal ``sig`` that ``sender``
@@ -328,7 +334,12 @@ class Tracer:
             if taken == sig and who == sender and now - when < TAKEN_MEMORY:
                 del self.taken[index]
                 return True
-        return sig in pending_signals(self.main_pid)
+        if sig in pending_signals(self.main_pid):
+            # When the program takes it, that is this one: nothing to remember then.
+            self.expected = [entry for entry in self.expected if now - entry[2] < TAKEN_MEMORY]
+            self.expected.append((sig, sender, now))
+            return True
+        return False
 
     def _on_group_stop(self, task: Task, sig: int) -> None:
         pt.listen(task.tid)  # stay stopped until SIGCONT, as without a tracer
