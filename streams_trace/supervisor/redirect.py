@@ -280,7 +280,12 @@ class Redirector:
                     "this kernel has no pidfd_getfd (Linux 5.6+), which streams-run needs "
                     "to take over the program's socket",
                 ) from None
-            if exc.errno != errno.ESRCH or task.tid == task.tgid:
+            # The main thread gone: ESRCH, or EBADF on kernels that look for the
+            # descriptor in its (empty) table, while the calling thread has it.
+            leader_gone = task.tid != task.tgid and (
+                exc.errno == errno.ESRCH
+                or (exc.errno == errno.EBADF and os.path.exists(f"/proc/{task.tid}/fd/{fd}")))
+            if not leader_gone:
                 raise
             copy = pt.pidfd_getfd(self._thread_pidfd(task), fd)
         try:
