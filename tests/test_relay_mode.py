@@ -153,7 +153,7 @@ def test_a_source_port_the_supervisor_gave_up_does_not_let_a_stranger_in(
     listens again: a local process that binds the source port the supervisor used for it
     must not pass for the supervisor."""
     server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, sys.executable,
-                         str(PROGRAMS / "relisten_server.py"), str(tunnel.listener_port),
+                         str(PROGRAMS / "odd_server.py"), "relisten", str(tunnel.listener_port),
                          options=(*RELAY, "-d"), stdin=subprocess.PIPE)
     assert server.stdin is not None and server.stdout is not None and server.stderr is not None
     try:

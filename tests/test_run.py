@@ -404,7 +404,8 @@ def test_a_listening_socket_handed_to_a_child_keeps_the_tunnel_port(tunnel: Gate
     done = tmp_path / "done"
     server = listener_program(
         tunnel, "sh", "-c",
-        f"{sys.executable} {PROGRAMS / 'handing_server.py'} {tunnel.listener_port} {done}; "
+        f"{sys.executable} {PROGRAMS / 'odd_server.py'} hand-over {tunnel.listener_port} "
+        f"{done}; "
         f"while [ ! -e {done} ]; do sleep 0.05; done")
     time.sleep(0.5)  # the binding process has left by now
     with _connect_with_secret(tunnel.listener_port, tunnel, _listener_secret(tunnel)) as good:
@@ -795,26 +796,42 @@ def test_a_tcp_connect_to_a_nameserver_is_left_alone(tunnel: Gateway) -> None:
     assert (code, out) == (0, "answer:query\n"), err
 
 
-def test_a_forwarded_query_takes_only_its_own_answer(tunnel: Gateway, tmp_path: Path) -> None:
-    """The supervisor forwards other names' queries; a reply with another query id is not
-    the answer (the program cannot check it: the reply comes from the supervisor)."""
+def private_nameserver(tmp_path: Path, options: str = "",
+                       **serving: bool) -> tuple[TinyNameserver, Path]:
+    """Our nameserver, and a resolv.conf naming it for ``run_with_resolv``."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) for a private /etc/resolv.conf")
     try:
-        nameserver = TinyNameserver("other.streams-trace.test", "127.0.0.1", forge_first=True)
+        nameserver = TinyNameserver("other.streams-trace.test", "127.0.0.1", **serving)
     except OSError as exc:
         pytest.skip(f"cannot bind the test nameserver on 127.83.0.53:53: {exc}")
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.83.0.53\noptions timeout:2 attempts:1\n")
+    resolv.write_text("nameserver 127.83.0.53\n" + options)
+    return nameserver, resolv
+
+
+def run_with_resolv(resolv: Path, tunnel: Gateway, command: str
+                    ) -> subprocess.CompletedProcess[str]:
+    """Shell ``command`` under streams-run, in a mount namespace where ``resolv`` is
+    /etc/resolv.conf."""
     script = (
         f"mount --bind {resolv} /etc/resolv.conf && "
         f"{' '.join(STREAMS_RUN[:2])} '{STREAMS_RUN[2]}' --config-dir {tunnel.initiator_dir} "
-        f"{tunnel.tunnel_id} {sys.executable} -c \"import socket; "
-        f"print(socket.gethostbyname('other.streams-trace.test'))\""
+        f"{tunnel.tunnel_id} {command}"
     )
+    return subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_forwarded_query_takes_only_its_own_answer(tunnel: Gateway, tmp_path: Path) -> None:
+    """The supervisor forwards other names' queries; a reply with another query id is not
+    the answer (the program cannot check it: the reply comes from the supervisor)."""
+    nameserver, resolv = private_nameserver(tmp_path, "options timeout:2 attempts:1\n",
+                                            forge_first=True)
     try:
-        process = subprocess.run(["unshare", "--mount", "sh", "-c", script],
-                                 capture_output=True, text=True, timeout=60)
+        process = run_with_resolv(
+            resolv, tunnel, f"{sys.executable} -c \"import socket; "
+            f"print(socket.gethostbyname('other.streams-trace.test'))\"")
     finally:
         nameserver.close()
     assert (process.returncode, process.stdout) == (0, "127.0.0.1\n"), process.stderr
@@ -825,14 +842,7 @@ def test_other_names_still_resolve_through_the_real_nameserver(
     """Under a resolv.conf naming our own nameserver (a private mount namespace), a name
     only that nameserver knows resolves under streams-run, for glibc and musl, and the
     tunnel's name never reaches it."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare(1) for a private /etc/resolv.conf")
-    try:
-        nameserver = TinyNameserver("other.streams-trace.test", "127.0.0.1")
-    except OSError as exc:
-        pytest.skip(f"cannot bind the test nameserver on 127.83.0.53:53: {exc}")
-    resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.83.0.53\n")
+    nameserver, resolv = private_nameserver(tmp_path)
     name, port = fake_contact(tunnel)
     with socket.socket() as plain:
         plain.bind(("127.0.0.1", 0))
@@ -847,18 +857,13 @@ def test_other_names_still_resolve_through_the_real_nameserver(
 
         server = threading.Thread(target=answer)
         server.start()
-        script = (
-            f"mount --bind {resolv} /etc/resolv.conf && "
-            f"{' '.join(STREAMS_RUN[:2])} '{STREAMS_RUN[2]}' --config-dir {tunnel.initiator_dir} "
-            f"{tunnel.tunnel_id} sh -c '"
-            f"{sys.executable} -c \"import socket; "
-            f"print(socket.gethostbyname(\\\"other.streams-trace.test\\\"))\" && "
-            f"{musl_client} other.streams-trace.test {plain_port} && "
-            f"{musl_client} {name} {port}'"
-        )
         try:
-            process = subprocess.run(["unshare", "--mount", "sh", "-c", script],
-                                     capture_output=True, text=True, timeout=60)
+            process = run_with_resolv(
+                resolv, tunnel,
+                f"sh -c '{sys.executable} -c \"import socket; "
+                f"print(socket.gethostbyname(\\\"other.streams-trace.test\\\"))\" && "
+                f"{musl_client} other.streams-trace.test {plain_port} && "
+                f"{musl_client} {name} {port}'")
         finally:
             nameserver.close()
             server.join(timeout=10)

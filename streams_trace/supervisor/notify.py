@@ -34,11 +34,9 @@ from typing import Protocol
 from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import usernotify
-from ..trace.procfs import tgid_of
+from ..trace.procfs import TCP_CLOSE, tgid_of
 from .loop import Loop
 from .tracer import Task, Tracer
-
-TCP_CLOSE = 7  # tcp_info.tcpi_state of a socket that never started connecting
 
 
 class NotifiedPolicy(Protocol):

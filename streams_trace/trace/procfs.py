@@ -37,7 +37,8 @@ def thread_exists(tid: int) -> bool:
     return os.path.exists(f"/proc/{tid}")
 
 
-# The "st" column of /proc/net/tcp: include/net/tcp_states.h
+# A TCP socket's state (include/net/tcp_states.h), as /proc/net/tcp's "st" column and
+# tcp_info.tcpi_state give it: a socket that never started connecting, or is done.
 TCP_CLOSE = 7
 
 

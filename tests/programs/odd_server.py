@@ -1,0 +1,55 @@
+"""Servers that treat their listening socket unusually, each serving one line.
+
+    odd_server.py relisten PORT        close the socket before accepting, listen again
+    odd_server.py hand-over PORT DONE  hand the socket to a child and leave
+
+relisten: binds 127.0.0.1:PORT, prints "listening", waits for a line on stdin, closes
+the socket without accepting what waits on it, binds and listens again, prints "again",
+accepts one connection and prints "got" and the line it read.
+
+hand-over: binds 127.0.0.1:PORT, prints "listening", forks and exits; the child accepts
+one connection, answers "echo:" + its line, and creates the file DONE.
+"""
+
+import os
+import socket
+import sys
+
+
+def listen(port: int) -> socket.socket:
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen(8)
+    return server
+
+
+def read_line(conn: socket.socket) -> bytes:
+    conn.settimeout(10)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+mode, port = sys.argv[1], int(sys.argv[2])
+server = listen(port)
+print("listening", flush=True)
+if mode == "relisten":
+    sys.stdin.readline()
+    server.close()
+    server = listen(port)
+    print("again", flush=True)
+    conn, _ = server.accept()
+    with conn:
+        print("got", read_line(conn).decode().strip(), flush=True)
+else:
+    if os.fork() != 0:
+        os._exit(0)
+    conn, _ = server.accept()
+    with conn:
+        conn.sendall(b"echo:" + read_line(conn))
+    open(sys.argv[3], "w").close()
