@@ -126,12 +126,15 @@ class EchoListener:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            conn.sendall(b"echo:" + data)
+            try:
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(b"echo:" + data)
+            except ConnectionResetError:
+                return  # the client side was cut (a test that kills the supervisor)
         with self.lock:
             self.served += 1
 
