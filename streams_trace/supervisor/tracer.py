@@ -330,15 +330,24 @@ class Tracer:
         sent: a kill() to the whole process group reaches streams-run and the program
         alike, and forwarding it would deliver it twice. (Taking the record.)"""
         now = time.monotonic()
-        for index, (taken, who, when) in enumerate(self.taken):
-            if taken == sig and who == sender and now - when < TAKEN_MEMORY:
-                del self.taken[index]
-                return True
+        if self._forget_taken(sig, sender, now):
+            return True
         if sig in pending_signals(self.main_pid):
             # When the program takes it, that is this one: nothing to remember then.
             self.expected = [entry for entry in self.expected if now - entry[2] < TAKEN_MEMORY]
             self.expected.append((sig, sender, now))
             return True
+        # Not pending: never sent to the program, or taken since the first look. A thread
+        # that took it is in its signal stop by now (the kernel takes a signal and stops
+        # the thread in one step), so handle the waiting stops and look again.
+        self.reap()
+        return self._forget_taken(sig, sender, now)
+
+    def _forget_taken(self, sig: int, sender: int, now: float) -> bool:
+        for index, (taken, who, when) in enumerate(self.taken):
+            if taken == sig and who == sender and now - when < TAKEN_MEMORY:
+                del self.taken[index]
+                return True
         return False
 
     def _on_group_stop(self, task: Task, sig: int) -> None:
