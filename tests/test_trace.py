@@ -188,6 +188,39 @@ def test_filter_in_a_real_process_traps_connect_only() -> None:
     assert _run_filtered_child("other") == 0
 
 
+def _store_bypass_state() -> str:
+    with open("/proc/self/status") as status:
+        return next((line.split(":", 1)[1].strip() for line in status
+                     if line.startswith("Speculation_Store_Bypass:")), "")
+
+
+def test_filter_leaves_the_speculation_mitigations_as_they_were() -> None:
+    """Kernels before 5.16 (RHEL 8) force the store-bypass mitigation on any process with
+    a seccomp filter unless the filter says SPEC_ALLOW: a slower program for nothing."""
+    try:
+        with open("/sys/devices/system/cpu/vulnerabilities/spec_store_bypass") as mode:
+            kernel_mode = mode.read()
+    except OSError:
+        kernel_mode = ""
+    if "seccomp" not in kernel_mode:
+        pytest.skip("this kernel does not change a seccomp-filtered process's speculation "
+                    f"mitigations (spec_store_bypass: {kernel_mode.strip() or 'unknown'})")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            seccomp.install(seccomp.build([seccomp.Rule("connect")]))
+            os.write(write_end, _store_bypass_state().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as report:
+        filtered = report.read().decode()
+    os.waitpid(pid, 0)
+    assert filtered == _store_bypass_state()
+
+
 def test_dns_answers_a_and_nodata() -> None:
     query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
     query += b"\x06globus\x03ABC\x00" + struct.pack("!HH", dns.QTYPE_A, dns.QCLASS_IN)

@@ -12,6 +12,7 @@ in seccomp(2), prctl(2) and <linux/filter.h>.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 from collections.abc import Collection, Iterable
@@ -26,6 +27,7 @@ PR_SET_NO_NEW_PRIVS = 38
 # seccomp(2)
 SECCOMP_MODE_FILTER = 2
 SECCOMP_SET_MODE_FILTER = 1  # the seccomp(2) operation (prctl's is SECCOMP_MODE_FILTER)
+SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1 << 2  # Linux 4.17
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_KILL_THREAD = 0x00000000
 SECCOMP_RET_TRAP = 0x00030000
@@ -144,8 +146,11 @@ def pack(program: list[tuple[int, int, int, int]]) -> bytes:
 def install(program: Program, flags: int = 0) -> int | None:
     """Set no_new_privs and load the filter into the calling thread; raise OSError.
 
-    With ``flags`` the seccomp(2) call is used; with SECCOMP_FILTER_FLAG_NEW_LISTENER
-    the user-notification listener's file descriptor is returned.
+    With SECCOMP_FILTER_FLAG_NEW_LISTENER in ``flags`` the user-notification
+    listener's file descriptor is returned. The filter always asks to leave the
+    program's speculation mitigations as they were: kernels before 5.16 (RHEL 8)
+    otherwise force the costly store-bypass and STIBP ones on every filtered
+    process, and this filter is a tracing aid, not a sandbox.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -153,16 +158,21 @@ def install(program: Program, flags: int = 0) -> int | None:
         raise OSError(error, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(error)}")
     filters = (SockFilter * len(program))(*(SockFilter(c, t, f, k) for c, t, f, k in program))
     fprog = SockFprog(len(program), ctypes.cast(filters, ctypes.POINTER(SockFilter)))
-    if not flags:  # prctl works back to Linux 3.5
-        if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"prctl(PR_SET_SECCOMP): {os.strerror(error)}")
-        return None
     libc.syscall.restype = ctypes.c_long
-    result = libc.syscall(archmod.native().number("seccomp"), SECCOMP_SET_MODE_FILTER,
-                          ctypes.c_uint(flags), ctypes.byref(fprog))
-    if result < 0:
+    number = archmod.native().number("seccomp")
+    result = libc.syscall(number, SECCOMP_SET_MODE_FILTER,
+                          ctypes.c_uint(flags | SECCOMP_FILTER_FLAG_SPEC_ALLOW),
+                          ctypes.byref(fprog))
+    error = ctypes.get_errno() if result < 0 else 0
+    if error == errno.EINVAL:  # before Linux 4.17, which did not know the flag
+        result = libc.syscall(number, SECCOMP_SET_MODE_FILTER, ctypes.c_uint(flags),
+                              ctypes.byref(fprog))
+        error = ctypes.get_errno() if result < 0 else 0
+    if error == errno.ENOSYS and not flags:  # no seccomp(2) before Linux 3.17
+        if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0:
+            return None
         error = ctypes.get_errno()
+    if error:
         raise OSError(error, f"seccomp(SECCOMP_SET_MODE_FILTER, {flags:#x}): "
                              f"{os.strerror(error)}")
     return int(result) if flags & SECCOMP_FILTER_FLAG_NEW_LISTENER else None
