@@ -329,6 +329,8 @@ def test_a_state_folder_it_cannot_write_fails_in_one_line(tmp_path: Path) -> Non
     assert result.returncode == 3, result.stderr
     assert result.stderr.count("\n") == 1
     assert "cannot write the gateway state" in result.stderr
+    # Found before anything else: no conf for a tunnel that never ran.
+    assert not list(tmp_path.rglob("*.conf"))
 
 
 @pytest.mark.parametrize(

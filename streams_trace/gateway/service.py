@@ -117,6 +117,7 @@ async def run(
     )
     state_file = tunnelmod.state_path(state_dir, tunnel_id)
     previous = tunnelmod.read_state(state_file)
+    tunnelmod.check_state_folder(state_file)
     expires = time.time() + options.lifetime_minutes * 60
     gateway = RunningGateway(tunnel_id, state_file)
     pump = best_pump()

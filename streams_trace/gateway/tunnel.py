@@ -168,22 +168,39 @@ def read_state(path: Path) -> dict[str, Any]:
         raise ConfError(f"{path}: unreadable gateway state ({exc}); delete the file") from None
 
 
+def check_state_folder(path: Path) -> None:
+    """Raise ConfError now if the state file could not be written later: before the
+    gateway writes confs or takes ports it would then have to give back."""
+    descriptor, temporary = _temporary_beside(path)
+    os.close(descriptor)
+    os.unlink(temporary)
+
+
 def write_state(path: Path, state: dict[str, Any]) -> None:
     """Write atomically, mode 0600 (it names ports and paths, never secrets). Raises
     ConfError when the folder cannot take it."""
+    descriptor, temporary = _temporary_beside(path)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            tomli_w.dump(state, handle)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise _state_error(path, exc) from None
+        raise
+
+
+def _temporary_beside(path: Path) -> tuple[int, str]:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # A fresh name of mkstemp's (O_EXCL, 0600): a link planted in a shared folder
         # under a name we could be guessed to use is never written through.
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                tomli_w.dump(state, handle)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        return tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise ConfError(f"{path}: cannot write the gateway state ({exc.strerror or exc})"
-                        ) from None
+        raise _state_error(path, exc) from None
+
+
+def _state_error(path: Path, exc: OSError) -> ConfError:
+    return ConfError(f"{path}: cannot write the gateway state ({exc.strerror or exc})")
