@@ -209,8 +209,9 @@ def parse(text: str, tunnel_id: str, path: Path | None = None) -> TunnelConf:
         key, sep, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
+            # The line itself is not shown: it may be a mistyped secret.
             raise ConfError(
-                f"{where}:{number}: expected key=value, found {raw.strip()[:60]!r}; "
+                f"{where}:{number}: expected key=value; "
                 f"fix or delete the line, or initialize the environment again"
             )
         if key not in _FIELD_NAMES:
@@ -247,14 +248,31 @@ def check_secure(path: Path, st: os.stat_result, has_secret: bool) -> None:
         )
 
 
+MAX_FILE_BYTES = 1 << 20  # far more than any conf or secret file holds
+
+
+def read_regular_file(path: Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of ``path`` and its status, refusing before any read what is not a
+    regular file (a FIFO would hang the read, /dev/zero never end it). Raises OSError
+    or ConfError."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as handle:
+        st = os.fstat(descriptor)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfError(f"{path}: not a regular file")
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfError(f"{path}: larger than {MAX_FILE_BYTES} bytes, not a conf")
+    return data, st
+
+
 def load(tunnel_id: str, directory: str | os.PathLike[str] | None = None) -> TunnelConf:
     """Read and check one tunnel's conf."""
     path = conf_path(tunnel_id, directory)
     tunnel_id = path.stem
     try:
-        with open(path, encoding="utf-8") as handle:
-            st = os.fstat(handle.fileno())
-            text = handle.read()
+        data, st = read_regular_file(path)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfError(
             f"{path}: no conf for tunnel {tunnel_id}; run 'streams-trace environment initialize "

@@ -157,6 +157,28 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path, line: str, expected:
     assert expected in str(caught.value)
 
 
+def test_a_line_without_equals_is_not_shown_for_it_may_be_a_secret(tmp_path: Path) -> None:
+    write(tmp_path, "lankey_id=y\nlankey: 4f1c9a7e0b2d\n")
+    with pytest.raises(ConfError) as caught:
+        conf.load(TUNNEL, tmp_path)
+    assert ":2: expected key=value" in str(caught.value)
+    assert "4f1c9a7e0b2d" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_conf_that_is_not_a_regular_file_is_refused_before_any_read(
+        tmp_path: Path, kind: str) -> None:
+    """A FIFO would hang the read, /dev/zero never end it."""
+    path = tmp_path / f"{TUNNEL}.conf"
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(ConfError) as caught:
+        conf.load(TUNNEL, tmp_path)
+    assert str(caught.value) == f"{path}: not a regular file"
+
+
 def test_expired_tunnel_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, OFFICIAL_INITIATOR)
     tunnel = conf.load(TUNNEL, tmp_path)

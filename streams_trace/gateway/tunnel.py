@@ -129,9 +129,9 @@ def read_or_create_link_secret(path: Path, create: bool) -> bytes:
 
 def _link_secret(path: Path, create: bool) -> bytes:
     if path.exists():
-        with open(path, encoding="ascii") as handle:
-            confmod.check_secure(path, os.fstat(handle.fileno()), has_secret=True)
-            text = handle.read().strip()
+        data, st = confmod.read_regular_file(path)
+        confmod.check_secure(path, st, has_secret=True)
+        text = data.decode("ascii").strip()
         if len(text) < 32:
             raise ConfError(
                 f"{path}: the link secret is too short; delete the file and "
@@ -160,11 +160,10 @@ def state_path(directory: Path, tunnel_id: str) -> Path:
 
 def read_state(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(confmod.read_regular_file(path)[0].decode("utf-8"))
     except FileNotFoundError:
         return {}
-    except (tomllib.TOMLDecodeError, OSError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ConfError(f"{path}: unreadable gateway state ({exc}); delete the file") from None
 
 
