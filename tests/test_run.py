@@ -584,6 +584,22 @@ def test_exit_statuses(tunnel: Gateway, command: list[str], expected: int) -> No
         assert err.count("\n") == 1 and err.startswith("streams-run: ")
 
 
+def test_commands_that_cannot_be_found_are_127_in_one_line(tunnel: Gateway,
+                                                            tmp_path: Path) -> None:
+    script = tmp_path / "script"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    for command, says in ((b"", b": command not found"),
+                          (b"nosuch\xff", b"nosuch\xff: command not found"),
+                          (bytes(script), b"bad interpreter")):
+        process = subprocess.run(
+            [*STREAMS_RUN, "--config-dir", str(tunnel.initiator_dir), tunnel.tunnel_id, command],
+            capture_output=True, timeout=60)
+        assert process.returncode == 127, process.stderr
+        assert process.stderr.count(b"\n") == 1 and says in process.stderr, process.stderr
+        assert process.stderr.startswith(b"streams-run: ") and process.stdout == b""
+
+
 def test_supervisor_failures_are_one_line_and_125(tunnel: Gateway, tmp_path: Path) -> None:
     unknown = "0b8f3c1e-0000-4000-8000-000000000000"
     for args in ([unknown, "true"], ["not-a-tunnel", "true"]):

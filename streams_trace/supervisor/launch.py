@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
 from collections.abc import Callable, Sequence
@@ -112,11 +113,13 @@ def spawn(
             os.close(go_read)
             signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # the program's own
             os.execvpe(argv[0], list(argv), env)
-        except OSError as exc:
-            code = 127 if exc.errno == errno.ENOENT else 126
-            reason = "command not found" if code == 127 else exc.strerror
-            os.write(2, f"streams-run: {argv[0]}: {reason}\n".encode())
-            os._exit(code)
+        except (OSError, ValueError) as exc:  # ValueError: an empty command name
+            code = 127 if isinstance(exc, ValueError) or exc.errno == errno.ENOENT else 126
+            try:
+                os.write(2, b"streams-run: %s: %s\n" % (os.fsencode(argv[0]),
+                                                        _exec_failure(argv[0], env, exc)))
+            finally:
+                os._exit(code)
         except BaseException:
             os._exit(125)
         os._exit(125)  # not reached: exec replaced us
@@ -152,6 +155,19 @@ def spawn(
         os.write(go_write, b"g")
         os.close(go_write)
     return child
+
+
+def _exec_failure(command: str, env: dict[str, str], exc: OSError | ValueError) -> bytes:
+    """Why exec failed, as a shell would say it (in the child, before it exits)."""
+    if isinstance(exc, ValueError):
+        return b"command not found"
+    if exc.errno != errno.ENOENT:
+        return (exc.strerror or "cannot run it").encode()
+    if shutil.which(command, path=env.get("PATH", os.defpath)) is not None:
+        # The file is there: what is missing is the interpreter its #! line names
+        # (or, for a binary, its loader).
+        return b"bad interpreter: its #! line (or ELF loader) names a program not found"
+    return b"command not found"
 
 
 def exit_status(status: int) -> int:
