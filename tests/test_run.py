@@ -35,7 +35,7 @@ from streams_trace.contact import parse_contact
 from streams_trace.handshake import Connector
 from streams_trace.lan import HandshakeError, handshake_blocking
 
-from .conftest import EchoListener, Gateway, free_port, ptrace_problem
+from .conftest import EchoListener, Gateway, free_port, ptrace_problem, streams_trace_command
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = REPO / "tests" / "programs"
@@ -608,6 +608,36 @@ def test_supervisor_failures_are_one_line_and_125(tunnel: Gateway, tmp_path: Pat
         assert process.returncode == 125, process.stderr
         assert process.stderr.count("\n") == 1 and "Traceback" not in process.stderr
         assert process.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["-p", "0"], ["--timeout", "nan"], ["--timeout", "inf"],
+                                  ["--bogus"], ["--globus-contact", "x"]])
+@pytest.mark.parametrize("via", ["streams-run", "streams-trace run"])
+def test_bad_options_are_one_line_and_125(tunnel: Gateway, args: list[str], via: str) -> None:
+    launcher = STREAMS_RUN if via == "streams-run" else streams_trace_command("run")
+    process = subprocess.run(
+        [*launcher, "--config-dir", str(tunnel.initiator_dir), *args, tunnel.tunnel_id, "true"],
+        capture_output=True, text=True, timeout=60)
+    assert process.returncode == 125, process.stderr
+    assert process.stderr.count("\n") == 1 and "error: " in process.stderr, process.stderr
+    assert process.stdout == ""
+
+
+@pytest.mark.parametrize(("setting", "diagnostics"),
+                         [("1", True), ("yes", True), ("2", True), ("0", False), ("off", False)])
+def test_the_debug_variable_is_read_leniently(tunnel: Gateway, setting: str,
+                                              diagnostics: bool) -> None:
+    code, _, err = initiator_run(tunnel, "true", env={"STREAMS_TRACE_DEBUG": setting})
+    assert code == 0, err
+    assert ("started true" in err) is diagnostics
+
+
+def test_the_group_debug_flag_reaches_run(tunnel: Gateway) -> None:
+    process = subprocess.run(
+        [*streams_trace_command("-d", "run"), "--config-dir", str(tunnel.initiator_dir),
+         tunnel.tunnel_id, "true"], capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr
+    assert "started true" in process.stderr
 
 
 def test_stdout_belongs_to_the_program(tunnel: Gateway) -> None:

@@ -16,6 +16,8 @@ import click
 
 from .. import __version__
 from ..errors import ExitCode, StreamsTraceError, exit_code_table
+from ..supervisor import SUPERVISOR_FAILED
+from .options import env_flag, one_line
 
 DEBUG_ENV = "STREAMS_TRACE_DEBUG"
 
@@ -103,7 +105,7 @@ def fail(message: str, code: int) -> None:
     "-d",
     "--debug",
     is_flag=True,
-    envvar=DEBUG_ENV,
+    default=lambda: env_flag(DEBUG_ENV),
     help=f"Print diagnostics (and tracebacks) on stderr. Also ${DEBUG_ENV}=1.",
 )
 @click.pass_context
@@ -121,8 +123,12 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(ExitCode.USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+        click.echo(one_line(exc, "streams-trace"), err=True)
+        if not isinstance(exc, click.UsageError):
+            sys.exit(exc.exit_code)
+        in_run = exc.ctx is not None and exc.ctx.command.name == "run"
+        # streams-trace run is streams-run, whose own failures are 125.
+        sys.exit(SUPERVISOR_FAILED if in_run else ExitCode.USAGE)
     except click.exceptions.Abort:
         fail("interrupted", int(ExitCode.INTERRUPTED))
     except StreamsTraceError as exc:

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .options import TUNNEL_ID
+from .options import TUNNEL_ID, Seconds
 
 
 @click.command("doctor")
@@ -22,7 +22,7 @@ from .options import TUNNEL_ID
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-handshake", is_flag=True,
               help="Only check that the access point accepts TCP connections.")
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=3.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 60), default=3.0, show_default=True,
               metavar="SECONDS", help="Give up on the access point after SECONDS.")
 @click.argument("tunnel_id", type=TUNNEL_ID, required=False)
 def doctor(config_dir: str | None, as_json: bool, no_handshake: bool, timeout: float,

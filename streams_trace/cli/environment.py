@@ -16,7 +16,7 @@ import click
 from .. import conf as confmod
 from ..contact import Contact, globus_name
 from ..errors import ConfError
-from .options import CONTACT, TUNNEL_ID
+from .options import CONTACT, TUNNEL_ID, Seconds
 
 CLIENT_ID_HELP = "Globus client ID of your registered native app. Also $STREAMS_TRACE_CLIENT_ID."
 
@@ -63,7 +63,7 @@ def environment() -> None:
 @click.option(
     "--wait",
     "wait_seconds",
-    type=click.FloatRange(0),
+    type=Seconds(0),
     metavar="SECONDS",
     default=300,
     show_default=True,
@@ -71,7 +71,7 @@ def environment() -> None:
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(0),
+    type=Seconds(0),
     default=5,
     hidden=True,
     help="Seconds between two reads of a tunnel that awaits its listener.",

@@ -22,7 +22,7 @@ from ..contact import Contact
 from ..errors import ExitCode, StreamsTraceError
 from ..supervisor import SUPERVISOR_FAILED
 from . import DEBUG_ENV
-from .options import CONTACT
+from .options import CONTACT, Seconds, env_flag, one_line
 
 INTERCEPT_PORT_ENV = re.compile(r"^GLOBUS_STREAMS_INTERCEPT_PORT_(\d+)$")
 DATA_PATH_ENV = "STREAMS_TRACE_DATA_PATH"
@@ -68,7 +68,7 @@ def intercept_ports(tunnel_id: str, environ: dict[str, str]) -> set[int]:
     },
     epilog=EPILOG,
 )
-@click.option("-d", "--debug", is_flag=True, envvar=DEBUG_ENV,
+@click.option("-d", "--debug", is_flag=True, default=lambda: env_flag(DEBUG_ENV),
               help=f"One line per redirected connect/accept on stderr. Also ${DEBUG_ENV}=1.")
 @click.option("-l", "--log-file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write diagnostics to FILE instead of stderr.")
@@ -80,7 +80,7 @@ def intercept_ports(tunnel_id: str, environ: dict[str, str]) -> set[int]:
                    f"also ${CONFIG_DIR_ENV}).")
 @click.option("--globus-contact", "contacts", type=CONTACT, multiple=True,
               help="Also put connections to HOST:PORT on the tunnel (repeatable).")
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 3600), default=10.0, show_default=True,
               metavar="SECONDS",
               help="Give up a tunnel connect (TCP and LAN handshake) after SECONDS.")
 @click.option("--data-path", type=click.Choice(["auto", "direct", "relay"]), default="auto",
@@ -106,6 +106,9 @@ def run(
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND with its connections to the tunnel TUNNEL_ID put on the tunnel."""
+    root = click.get_current_context().find_root()
+    if isinstance(root.obj, dict) and root.obj.get("debug"):  # streams-trace -d run ...
+        debug = True
     try:
         _setup_logging(debug, quiet, log_file)
     except OSError as exc:
@@ -187,7 +190,7 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(one_line(exc, "streams-run"), err=True)
         sys.exit(SUPERVISOR_FAILED)
     except click.exceptions.Abort:  # Ctrl-C before the program started
         sys.exit(ExitCode.INTERRUPTED)
