@@ -883,6 +883,62 @@ def test_a_forwarded_query_takes_only_its_own_answer(tunnel: Gateway, tmp_path: 
     assert (process.returncode, process.stdout) == (0, "127.0.0.1\n"), process.stderr
 
 
+def test_a_nameserver_that_refuses_sends_the_program_to_the_next_at_once(
+        tunnel: Gateway, tmp_path: Path) -> None:
+    """Nothing listens on the first nameserver: natively the ICMP refusal moves the
+    resolver on at once; under streams-run the forwarder's SERVFAIL does the same,
+    instead of the resolver waiting out its timeout on the first one."""
+    nameserver, _ = private_nameserver(tmp_path)
+    resolv = tmp_path / "resolv-dead-first.conf"
+    resolv.write_text("nameserver 127.83.0.98\nnameserver 127.83.0.53\n"
+                      "options timeout:15 attempts:1\n")
+    started = time.monotonic()
+    try:
+        process = run_with_resolv(
+            resolv, tunnel, f"{sys.executable} -c \"import socket; "
+            f"print(socket.gethostbyname('other.streams-trace.test'))\"")
+    finally:
+        nameserver.close()
+    assert (process.returncode, process.stdout) == (0, "127.0.0.1\n"), process.stderr
+    assert time.monotonic() - started < 10, "the resolver waited out its 15 s timeout"
+
+
+def test_queries_to_a_silent_nameserver_cannot_exhaust_the_supervisor(tunnel: Gateway) -> None:
+    """Each forwarded query holds a socket until its answer or a timeout: with a silent
+    nameserver and a low descriptor limit, the program gets SERVFAIL for what cannot be
+    forwarded, and streams-run goes on (it used to fail with EMFILE, killing the program)."""
+    if os.geteuid() != 0:
+        pytest.skip("binding port 53 needs root")
+    try:
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.83.0.99", 53))
+    except OSError as exc:
+        pytest.skip(f"cannot bind 127.83.0.99:53: {exc}")
+    flood = (
+        "import socket, struct\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.connect(('127.83.0.99', 53))\n"
+        "for i in range(400):\n"
+        "    s.send(struct.pack('!6H', i, 0x0100, 1, 0, 0, 0)\n"
+        "           + bytes([5]) + b'other' + bytes([4]) + b'test' + bytes([0])\n"
+        "           + struct.pack('!HH', 1, 1))\n"
+        "s.settimeout(3)\n"
+        "failed = 0\n"
+        "try:\n"
+        "    while True:\n"
+        "        failed += s.recv(512)[3] & 0xF == 2\n"
+        "except TimeoutError:\n"
+        "    pass\n"
+        "print(failed)\n")
+    script = (f"ulimit -n 100 && {' '.join(STREAMS_RUN[:2])} '{STREAMS_RUN[2]}' --config-dir "
+              f"{tunnel.initiator_dir} {tunnel.tunnel_id} {sys.executable} -c \"$FLOOD\"")
+    with silent:
+        process = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                                 timeout=60, env={**os.environ, "FLOOD": flood})
+    assert process.returncode == 0, process.stderr
+    assert int(process.stdout) > 0, process.stdout  # (a burst also overflows socket buffers)
+
+
 def test_other_names_still_resolve_through_the_real_nameserver(
         tunnel: Gateway, echo: EchoListener, musl_client: Path, tmp_path: Path) -> None:
     """Under a resolv.conf naming our own nameserver (a private mount namespace), a name

@@ -31,8 +31,12 @@ FLAG_QR = 0x8000
 FLAG_RD = 0x0100
 FLAG_RA = 0x0080
 OPCODE_MASK = 0x7800
+RCODE_SERVFAIL = 2
 ANSWER_TTL = 60
 FORWARD_TIMEOUT = 10.0
+# Queries forwarded and not yet answered, at most: each holds a socket until its answer
+# or FORWARD_TIMEOUT, and a silent nameserver must not run the supervisor out of them.
+MAX_PENDING_FORWARDS = 256
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,17 @@ def build_answer(query: bytes, question: Question, ipv4: str | None) -> bytes:
     return header + query[HEADER.size : question.end] + answers
 
 
+def build_failure(query: bytes) -> bytes | None:
+    """A SERVFAIL reply to ``query``, or None for what is not a standard query. Every
+    resolver then asks its next nameserver at once, as it would on an ICMP refusal."""
+    question = parse_question(query)
+    if question is None:
+        return None
+    query_id, flags = struct.unpack_from("!HH", query)
+    reply_flags = FLAG_QR | FLAG_RA | (flags & (FLAG_RD | OPCODE_MASK)) | RCODE_SERVFAIL
+    return HEADER.pack(query_id, reply_flags, 1, 0, 0, 0) + query[HEADER.size : question.end]
+
+
 class Responder:
     """Answers the tunnel's names; forwards the rest to each client's own nameserver."""
 
@@ -104,6 +119,7 @@ class Responder:
             loop.watch(sock, selectors.EVENT_READ, functools.partial(self._on_query, sock))
         self.answered = 0
         self.forwarded = 0
+        self.pending = 0  # forwarded queries waiting for their answer
         # Relay mode cannot learn a program socket's address (no pidfd_getfd), so each
         # nameserver a program asks gets a socket of its own: what that socket does not
         # answer goes to that nameserver.
@@ -176,7 +192,24 @@ class Responder:
         if nameserver is None:
             return
         family = socket.AF_INET6 if ":" in nameserver.host else socket.AF_INET
-        upstream = socket.socket(family, socket.SOCK_DGRAM)
+
+        def reply_to_client(reply: bytes | None) -> None:
+            if reply:
+                try:
+                    sock.sendto(reply, client)
+                except OSError:
+                    pass
+
+        if self.pending >= MAX_PENDING_FORWARDS:
+            log.debug("dns: %d queries already wait on their nameservers; failing one",
+                      self.pending)
+            reply_to_client(build_failure(query))
+            return
+        try:
+            upstream = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:  # out of descriptors: the program hears so, the supervisor goes on
+            reply_to_client(build_failure(query))
+            return
         upstream.setblocking(False)
         try:
             # Connected: the kernel drops datagrams from anyone but the nameserver, the
@@ -185,26 +218,27 @@ class Responder:
             upstream.send(query)
         except OSError:
             upstream.close()
+            reply_to_client(build_failure(query))
             return
         self.forwarded += 1
+        self.pending += 1
 
         def relay() -> None:
             try:
                 reply = upstream.recv(65535)
             except BlockingIOError:
                 return
-            except OSError:
-                reply = b""
-            if reply and reply[:2] != query[:2]:
+            except OSError:  # refused (nothing listens there) or unreachable
+                reply_to_client(build_failure(query))
+                done()
+                return
+            if reply[:2] != query[:2]:
                 return  # not the answer to this query (its id): wait on, up to the timeout
-            if reply:
-                try:
-                    sock.sendto(reply, client)
-                except OSError:
-                    pass
+            reply_to_client(reply)
             done()
 
         def done() -> None:
+            self.pending -= 1
             self.loop.unwatch(upstream)
             timer.cancel()
             upstream.close()
