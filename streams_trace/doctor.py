@@ -103,11 +103,14 @@ def tunnel_report(tunnel_id: str, config_dir: str | Path | None, handshake: bool
 
 
 def verdict(report: dict[str, Any]) -> int:
-    """0 fine; 7 streams-run cannot trace here; 6 the access point did not answer."""
+    """0 fine; 7 streams-run cannot trace here; 3 the tunnel has expired (streams-run
+    refuses its conf); 6 the access point did not answer."""
     from .errors import ExitCode
 
     if not report["features"]["ptrace"]["ok"]:
         return int(ExitCode.UNSUPPORTED)
+    if (report.get("tunnel") or {}).get("expired"):
+        return int(ExitCode.CONFIG)
     access = (report.get("tunnel") or {}).get("access_point")
     if access is not None:
         checks = [access["tcp"], access["handshake"]]

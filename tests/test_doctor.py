@@ -87,6 +87,14 @@ def test_json_with_a_wrong_secret_and_with_a_dead_access_point(gateway: Gateway,
     assert result.returncode == 6
 
 
+def test_an_expired_tunnel_is_exit_3_as_streams_run_refuses_it(gateway: Gateway,
+                                                                tmp_path: Path) -> None:
+    tunnel = confmod.load(gateway.tunnel_id, gateway.initiator_dir)
+    confmod.save(dataclasses.replace(tunnel, tunnel_expiration_time=1000.0), tmp_path)
+    result = doctor("--config-dir", str(tmp_path), gateway.tunnel_id)
+    assert result.returncode == 3 and "EXPIRED" in result.stdout, result.stdout
+
+
 def test_listener_side_conf_has_no_access_point_to_probe(gateway: Gateway) -> None:
     result = doctor("--config-dir", str(gateway.listener_dir), gateway.tunnel_id)
     assert result.returncode == 0, result.stderr
