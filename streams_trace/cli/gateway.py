@@ -67,10 +67,11 @@ from .options import CONTACT, TUNNEL_ID
 @click.option(
     "--lifetime",
     "lifetime_minutes",
-    type=click.IntRange(1),
+    # Ten years at most: the confs' expiry times stay ones any reader accepts.
+    type=click.IntRange(1, 10 * 366 * 24 * 60),
     default=360,
     show_default=True,
-    help="Minutes until the tunnel stops.",
+    help="Minutes until the tunnel stops (at most ten years).",
 )
 @click.option(
     "--no-lan-secret",
