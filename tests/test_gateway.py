@@ -333,6 +333,20 @@ def test_a_state_folder_it_cannot_write_fails_in_one_line(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("*.conf"))
 
 
+def test_a_port_it_cannot_take_leaves_no_conf_behind(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        result = subprocess.run(
+            streams_trace_command("gateway", "--listener-contact-string",
+                                  f"127.0.0.1:{free_port()}",
+                                  "--initiator-config-dir", str(tmp_path / "initiator"),
+                                  "--listener-config-dir", str(tmp_path / "listener"),
+                                  "--port", str(taken.getsockname()[1])),
+            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.count("\n") == 1 and "already in use" in result.stderr
+    assert not list(tmp_path.rglob("*.conf"))  # no LAN secret for a tunnel that never ran
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -141,15 +141,27 @@ async def run(
             "pump": pump.name,
         }
 
+        # Every port first: a start that fails on one leaves no conf behind.
         link = options.link
+        link_server: socket.socket | None = None
         if options.role in ("both", "listener"):
-            assert options.listener_contact is not None
             link_host = link.host if link else "127.0.0.1"
             link_server = _bind_preferring(
                 link_host, link.port if link else 0, _previous_port(previous, "link")
             )
             gateway.servers.append(link_server)
             link = Contact(link_host, link_server.getsockname()[1])
+        server = None
+        if options.role in ("both", "initiator"):
+            server = _bind_preferring(
+                options.host, options.port, _previous_port(previous, "initiator_contact_string")
+            )
+            gateway.servers.append(server)
+        assert link is not None
+        state["link"] = str(link)
+
+        if link_server is not None:
+            assert options.listener_contact is not None
             side = tunnelmod.listener_conf(
                 tunnel_id,
                 options.listener_config_dir,
@@ -170,14 +182,8 @@ async def run(
             serving.append(asyncio.create_task(listener_ap.serve(link_server)))
             state["listener_contact_string"] = str(options.listener_contact)
             state["listener_conf"] = str(side.conf.path)
-        assert link is not None
-        state["link"] = str(link)
 
-        if options.role in ("both", "initiator"):
-            server = _bind_preferring(
-                options.host, options.port, _previous_port(previous, "initiator_contact_string")
-            )
-            gateway.servers.append(server)
+        if server is not None:
             contact = Contact(options.host, server.getsockname()[1])
             side = tunnelmod.initiator_conf(
                 tunnel_id, options.initiator_config_dir, contact, expires, options.lan_secret
