@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import os
 import platform
@@ -937,6 +938,38 @@ def test_queries_to_a_silent_nameserver_cannot_exhaust_the_supervisor(tunnel: Ga
                                  timeout=60, env={**os.environ, "FLOOD": flood})
     assert process.returncode == 0, process.stderr
     assert int(process.stdout) > 0, process.stdout  # (a burst also overflows socket buffers)
+
+
+def test_the_name_service_cache_daemon_is_refused(tunnel: Gateway, tmp_path: Path) -> None:
+    """nscd resolves for glibc outside the program, where globus.<TUNNEL_ID> is unknown
+    (and would go to the real DNS): its socket is refused, and glibc, finding no nscd,
+    resolves in the program, through the tunnel's responder. A stand-in nscd listens in
+    a private mount namespace."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private /run")
+    probe = ("import socket\n"
+             "s = socket.socket(socket.AF_UNIX)\n"
+             "print(s.connect_ex('/var/run/nscd/socket'))\n")
+    (tmp_path / "probe.py").write_text(probe)
+    stand_in = ("import socket, time\n"
+                "s = socket.socket(socket.AF_UNIX)\n"
+                "s.bind('/run/nscd/socket')\n"
+                "s.listen()\n"
+                "print('up', flush=True)\n"
+                "time.sleep(60)\n")
+    (tmp_path / "nscd.py").write_text(stand_in)
+    launcher = f"{' '.join(STREAMS_RUN[:2])} '{STREAMS_RUN[2]}'"
+    script = (
+        "mount -t tmpfs tmpfs /run && mkdir /run/nscd || exit 1; "
+        f"{sys.executable} {tmp_path}/nscd.py > {tmp_path}/up 2>&1 & stand_in=$!; "
+        f"while ! grep -q up {tmp_path}/up 2>/dev/null; do sleep 0.05; done; "
+        f"{sys.executable} {tmp_path}/probe.py; "
+        f"{launcher} --config-dir {tunnel.initiator_dir} {tunnel.tunnel_id} "
+        f"{sys.executable} {tmp_path}/probe.py; kill $stand_in")
+    process = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True,
+                             text=True, timeout=60)
+    native, traced = process.stdout.split()
+    assert (native, traced) == ("0", str(errno.ECONNREFUSED)), process.stderr
 
 
 def test_other_names_still_resolve_through_the_real_nameserver(

@@ -53,6 +53,13 @@ log = logging.getLogger("streams_trace.run")
 # that somehow escaped the redirect reaches nothing outside this node.
 FAKE_NETWORK = ipaddress.IPv4Network("127.240.83.0/24")
 DNS_PORT = 53
+# Daemons that look names up for glibc outside the program, where the tunnel's names are
+# unknown (and would leak to the real DNS): nscd, and systemd-resolved for nss-resolve.
+# Refused, glibc resolves in the program itself, through the tunnel's responder.
+NAME_SERVICE_SOCKETS = frozenset({
+    "/var/run/nscd/socket", "/run/nscd/socket",
+    "/run/systemd/resolve/io.systemd.Resolve",
+})
 
 
 @dataclass
@@ -334,6 +341,11 @@ class Redirector:
     def on_connect(self, call: HeldCall, nr: int, args: tuple[int, ...]) -> None:
         fd, address, length = args[0], args[1], args[2]
         target = self._read_sockaddr(call, address, length)
+        if target is not None and target.path in NAME_SERVICE_SOCKETS and self.dns is not None:
+            log.debug("dns: process %d asked %s; refused, so it resolves names itself",
+                      call.tgid, target.path)
+            call.complete(-errno.ECONNREFUSED)
+            return
         if target is None or not target.is_ip:
             call.resume()
             return
