@@ -258,6 +258,24 @@ def test_globus_contact_name_resolves_only_inside_the_program(tunnel: Gateway,
     assert f"to {name}:443" in err
 
 
+def test_a_globus_contact_name_in_the_hosts_file_still_goes_to_the_tunnel(
+        tunnel: Gateway, echo: EchoListener, tmp_path: Path) -> None:
+    """glibc reads /etc/hosts before asking DNS, so a cluster-internal name listed there
+    never reaches the responder: its listed address is a tunnel destination too."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private /etc/hosts")
+    name, port = "data.streams-trace.test", free_port()
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n127.0.0.9 other.test {name}  # listed\n")
+    script = (f"mount --bind {hosts} /etc/hosts && {' '.join(STREAMS_RUN[:2])} "
+              f"'{STREAMS_RUN[2]}' --config-dir {tunnel.initiator_dir} --globus-contact "
+              f"{name}:{port} {tunnel.tunnel_id} {sys.executable} "
+              f"{PROGRAMS / 'echo_client.py'} {name} {port}")
+    process = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True,
+                             text=True, timeout=60)
+    assert (process.returncode, process.stdout) == (0, "echo:hello python\n"), process.stderr
+
+
 def test_curl_against_a_python_http_server_under_streams_run(tunnel: Gateway,
                                                             tmp_path: Path) -> None:
     if shutil.which("curl") is None:

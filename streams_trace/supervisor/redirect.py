@@ -39,7 +39,7 @@ from ..trace import ptraceapi as pt
 from ..trace import sockaddr as sa_codec
 from ..trace.procfs import fd_inode, thread_exists
 from ..trace.sockaddr import SockAddr
-from .dns import Responder
+from .dns import Responder, hosts_file_addresses
 from .loop import Loop, Timer
 from .tracer import HeldCall, Task, TracedCall, Tracer
 
@@ -123,6 +123,10 @@ class Redirector:
             except ValueError:
                 address = self.names.setdefault(contact.host.lower(), str(next(hosts)))
                 self.targets[(address, contact.port)] = str(contact)
+                # A name the hosts file knows never reaches our responder: its real
+                # addresses are tunnel destinations too.
+                for known in hosts_file_addresses(contact.host):
+                    self.targets[(known, contact.port)] = str(contact)
                 continue
             host = str(literal.ipv4_mapped or literal) if literal.version == 6 else str(literal)
             self.targets[(host, contact.port)] = str(contact)
