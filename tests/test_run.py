@@ -958,6 +958,43 @@ def test_queries_to_a_silent_nameserver_cannot_exhaust_the_supervisor(tunnel: Ga
     assert int(process.stdout) > 0, process.stdout  # (a burst also overflows socket buffers)
 
 
+def test_a_link_local_nameserver_is_asked_on_its_interface(tunnel: Gateway,
+                                                          tmp_path: Path) -> None:
+    """resolv.conf names a router-advertised nameserver, fe80::53%d0: the forwarder asks
+    it on that interface (without the scope the connect fails and every other name
+    times out). In a private network namespace, on a veth interface."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare(1) and ip(8) for a private network")
+    nameserver = (
+        "import socket\n"
+        "from streams_trace.supervisor import dns\n"
+        "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        "s.bind(('fe80::53', 53, 0, socket.if_nametoindex('d0')))\n"
+        "print('up', flush=True)\n"
+        "while True:\n"
+        "    query, client = s.recvfrom(4096)\n"
+        "    question = dns.parse_question(query)\n"
+        "    known = '127.0.0.7' if question.name == 'other.streams-trace.test' else None\n"
+        "    s.sendto(dns.build_answer(query, question, known), client)\n")
+    (tmp_path / "nameserver.py").write_text(nameserver)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver fe80::53%d0\noptions timeout:5 attempts:1\n")
+    launcher = f"{' '.join(STREAMS_RUN[:2])} '{STREAMS_RUN[2]}'"
+    script = (
+        "ip link set lo up && ip link add d0 type veth peer name d1 && ip link set d1 up && "
+        "ip link set d0 up && "
+        "ip addr add fe80::53/64 dev d0 nodad && "
+        f"mount --bind {resolv} /etc/resolv.conf || exit 1; "
+        f"{sys.executable} {tmp_path}/nameserver.py > {tmp_path}/up 2>&1 & server=$!; "
+        f"while ! grep -q up {tmp_path}/up 2>/dev/null; do sleep 0.05; done; "
+        f"{launcher} --config-dir {tunnel.initiator_dir} {tunnel.tunnel_id} {sys.executable} "
+        "-c \"import socket; print(socket.gethostbyname('other.streams-trace.test'))\"; "
+        "status=$?; kill $server; exit $status")
+    process = subprocess.run(["unshare", "--net", "--mount", "sh", "-c", script],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert (process.returncode, process.stdout) == (0, "127.0.0.7\n"), process.stderr
+
+
 def test_the_name_service_cache_daemon_is_refused(tunnel: Gateway, tmp_path: Path) -> None:
     """nscd resolves for glibc outside the program, where globus.<TUNNEL_ID> is unknown
     (and would go to the real DNS): its socket is refused, and glibc, finding no nscd,

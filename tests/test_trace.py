@@ -30,6 +30,10 @@ def test_sockaddr_round_trips_v4_v6_and_mapped() -> None:
     assert sockaddr.decode(sockaddr.encode(v4)) == v4
     v6 = sockaddr.SockAddr(socket.AF_INET6, "2001:db8::7", 443)
     assert sockaddr.decode(sockaddr.encode(v6)) == v6
+    link_local = sockaddr.SockAddr(socket.AF_INET6, "fe80::53", 53, scope_id=2)
+    assert sockaddr.decode(sockaddr.encode(link_local)) == link_local
+    assert str(link_local) == "[fe80::53%2]:53"
+    assert sockaddr.python_address(link_local, socket.AF_INET6) == ("fe80::53", 53, 0, 2)
     mapped = sockaddr.decode(sockaddr.encode(sockaddr.SockAddr(socket.AF_INET6, "127.0.0.1", 9)))
     assert mapped is not None and mapped.mapped and mapped.key == ("127.0.0.1", 9)
     assert str(mapped) == "127.0.0.1:9" and str(v6) == "[2001:db8::7]:443"

@@ -19,7 +19,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ..trace.sockaddr import SockAddr, address_key
+from ..trace.sockaddr import SockAddr, address_key, python_address
 from .loop import Loop
 
 log = logging.getLogger("streams_trace.run")
@@ -239,7 +239,7 @@ class Responder:
         try:
             # Connected: the kernel drops datagrams from anyone but the nameserver, the
             # check the client can no longer make itself (its answers come from us).
-            upstream.connect((nameserver.host, nameserver.port))
+            upstream.connect(python_address(nameserver, family))  # with its scope
             upstream.send(query)
         except OSError:
             upstream.close()

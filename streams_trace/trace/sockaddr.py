@@ -24,6 +24,7 @@ class SockAddr:
     port: int = 0
     path: str = ""  # AF_UNIX only ("@name" for the abstract namespace)
     mapped: bool = False  # an IPv4 address carried by an AF_INET6 sockaddr
+    scope_id: int = 0  # AF_INET6: the interface of a link-local address (fe80::1%eth0)
 
     @property
     def is_ip(self) -> bool:
@@ -38,7 +39,8 @@ class SockAddr:
         if self.family == AF_UNIX:
             return f"unix:{self.path}"
         if self.family == AF_INET6 and not self.mapped:
-            return f"[{self.host}]:{self.port}"
+            scope = f"%{self.scope_id}" if self.scope_id else ""
+            return f"[{self.host}{scope}]:{self.port}"
         return f"{self.host}:{self.port}"
 
 
@@ -55,7 +57,8 @@ def decode(data: bytes) -> SockAddr | None:
         address = ipaddress.IPv6Address(data[8:24])
         if address.ipv4_mapped is not None:
             return SockAddr(AF_INET6, str(address.ipv4_mapped), port, mapped=True)
-        return SockAddr(AF_INET6, str(address), port)
+        scope_id = struct.unpack_from("=I", data, 24)[0] if len(data) >= 28 else 0
+        return SockAddr(AF_INET6, str(address), port, scope_id=scope_id)
     if family == AF_UNIX:
         raw = data[2:]
         if raw[:1] == b"\0":
@@ -73,7 +76,7 @@ def encode(address: SockAddr) -> bytes:
         host = ipaddress.ip_address(address.host)
         if isinstance(host, ipaddress.IPv4Address):
             host = ipaddress.IPv6Address("::ffff:" + str(host))
-        return SOCKADDR_IN6.pack(AF_INET6, port, 0, host.packed, 0)
+        return SOCKADDR_IN6.pack(AF_INET6, port, 0, host.packed, address.scope_id)
     if address.family == AF_UNIX:
         if address.path.startswith("@"):
             return struct.pack("=H", AF_UNIX) + b"\0" + address.path[1:].encode()
@@ -85,7 +88,7 @@ def python_address(address: SockAddr, family: int) -> tuple[str, int] | tuple[st
     """``address`` as Python's socket module wants it for a socket of ``family``."""
     if family == AF_INET6:
         host = f"::ffff:{address.host}" if ":" not in address.host else address.host
-        return (host, address.port, 0, 0)
+        return (host, address.port, 0, address.scope_id)
     return (address.host, address.port)
 
 
