@@ -355,6 +355,8 @@ def test_a_port_it_cannot_take_leaves_no_conf_behind(tmp_path: Path) -> None:
         (["--listener-contact-string", "127.0.0.1:9", "--tunnel-id", "x"], "is not a tunnel ID"),
         (["--listener-contact-string", "127.0.0.1:9", "--lifetime", "999999999999"],
          "is not in the range"),
+        (["--listener-contact-string", "127.0.0.1:9", "--initiator-config-dir",
+          "/nonexistent/streams-trace-\udcff"], "is not UTF-8"),
     ],
 )
 def test_bad_options_end_in_one_line_and_code_2(tmp_path: Path, args: list[str],

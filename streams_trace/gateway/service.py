@@ -76,6 +76,14 @@ class GatewayOptions:
             )
         if self.lifetime_minutes <= 0:
             raise UsageError("--lifetime must be a positive number of minutes")
+        for option, folder in (("--initiator-config-dir", self.initiator_config_dir),
+                               ("--listener-config-dir", self.listener_config_dir),
+                               ("--state-dir", self.state_dir)):
+            try:  # the state file names them, in UTF-8 TOML
+                str(folder).encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(f"{option} {os.fsencode(str(folder))!r} is not UTF-8; "
+                                 "choose a folder whose path is") from None
 
 
 @dataclass
