@@ -59,8 +59,9 @@ def credentials(client_id: str | None = None) -> Credentials:
     if not client_id:
         raise GlobusAuthError(
             f"no Globus client ID: register a native app ('thick client') at {REGISTER_URL}, "
-            f"then pass --client-id ID or set {CLIENT_ID_ENV}=ID (a service account sets "
-            f"{CLIENT_ID_ENV} and {CLIENT_SECRET_ENV} to its client credentials)"
+            f"then set {CLIENT_ID_ENV}=ID (streams-trace commands also take --client-id ID; "
+            f"a service account sets {CLIENT_ID_ENV} and {CLIENT_SECRET_ENV} to its client "
+            f"credentials)"
         )
     try:
         client_id = str(uuid.UUID(client_id.strip()))
