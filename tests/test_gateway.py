@@ -333,6 +333,24 @@ def test_a_state_folder_it_cannot_write_fails_in_one_line(tmp_path: Path) -> Non
     assert not list(tmp_path.rglob("*.conf"))
 
 
+@pytest.mark.parametrize("pump", ["native", "python"])
+def test_a_stream_whose_far_side_is_down_fails_visibly(tmp_path: Path, pump: str) -> None:
+    """The program got its ACCEPT, then the listener side could not reach the listening
+    program: the stream must end in a reset, not as an empty but complete reply."""
+    from streams_trace.client import connect_with_conf
+
+    if pump == "native" and not (REPO / "streams_trace" / "relay" / "streams-splice").exists():
+        pytest.skip("the native helper is not built")
+    gateway = start_gateway(tmp_path, env={"STREAMS_TRACE_PUMP": pump})  # nobody listens
+    try:
+        with connect_with_conf(conf.load(gateway.tunnel_id, gateway.initiator_dir)) as sock:
+            sock.settimeout(30)  # a program that waits for the server to speak first
+            with pytest.raises(ConnectionResetError):
+                sock.recv(100)
+    finally:
+        gateway.stop()
+
+
 def test_a_port_it_cannot_take_leaves_no_conf_behind(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         result = subprocess.run(

@@ -23,7 +23,7 @@ from ..contact import Contact
 from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector
 from ..lan import HandshakeError, handshake_async
 from ..relay import Pump
-from ..relay.pump import DoneCallback
+from ..relay.pump import DoneCallback, close_with_reset
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class AccessPoint:
             outbound = await self._open(inbound, source)
         finally:
             if outbound is None:  # refused, failed or cancelled: nothing to carry
-                inbound.close()
+                inbound.close()  # (reset already, by _open, once its handshake passed)
         if outbound is None:
             return
         self.stats.carried += 1
@@ -136,10 +136,14 @@ class AccessPoint:
             )
             if outbound is not None:
                 outbound.close()
+            # The peer has its ACCEPT and takes the stream as open: a plain close would
+            # look like an empty, complete reply. A reset says it failed.
+            close_with_reset(inbound)
             return None
         except BaseException:
             if outbound is not None:
                 outbound.close()
+            close_with_reset(inbound)
             raise
         return outbound
 

@@ -20,7 +20,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from .pump import DoneCallback
+from .pump import DoneCallback, close_with_reset
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class NativePump:
             log.error("native pump: cannot hand over a connection: %s", exc)
             with self._lock:
                 self._callbacks.pop(pair_id, None)
-            _reset(a)
-            _reset(b)
+            close_with_reset(a)
+            close_with_reset(b)
             if on_done is not None:
                 on_done(0, 0, True)
             return
@@ -162,12 +162,3 @@ class NativePump:
         for on_done in lost:
             if on_done is not None:
                 on_done(0, 0, True)
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with SO_LINGER 0, so the peer sees a reset rather than an orderly end."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()

@@ -127,6 +127,14 @@ class _Pair:
         self.b.close()
 
 
+def close_with_reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0, so the peer sees a reset rather than an orderly end: a
+    stream that ends here is incomplete, and must not look finished."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 def _make_pipe() -> tuple[int, int]:
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -216,10 +224,8 @@ class SplicePump:
         except OSError as exc:
             # No pipes (out of descriptors): fail this connection visibly, as a reset.
             log.warning("relay error: cannot join a connection pair: %s", exc)
-            for sock in (a, b):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
+            close_with_reset(a)
+            close_with_reset(b)
             _report(on_done, 0, 0, True)
             return
         self._incoming.put(pair)
