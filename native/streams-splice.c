@@ -11,7 +11,9 @@
  * `struct done_msg` with the byte counts. End of file on the control socket
  * (the owner closed it, or died) resets every pair and ends the helper, so it
  * never outlives its owner; --die-with-parent adds PR_SET_PDEATHSIG for the
- * case where a forked copy of the owner still holds the control socket.
+ * case where a forked copy of the owner still holds the control socket. SIGTERM,
+ * SIGINT and SIGHUP (the parent-death signal is SIGTERM) end it the same way:
+ * every pair reset, never a clean end of file for a stream cut short.
  *
  * Semantics match streams_trace/relay/pump.py (the pure-Python fallback):
  * end of file on one side becomes shutdown(SHUT_WR) on the other once the pipe
@@ -99,6 +101,13 @@ struct pair {
 
 static int debug_enabled;
 static int control_fd = -1;
+static volatile sig_atomic_t stop_requested;
+
+static void note_stop(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
 static int epoll_fd = -1;
 static struct pair *pairs;
 /* Pairs closed while a batch of events is handled: a later event of the same
@@ -481,9 +490,25 @@ int main(int argc, char **argv)
         say("descriptor %d is not a SOCK_SEQPACKET socket", control_fd);
         return 2;
     }
+    /* Stop signals are held except while waiting in epoll_pwait: one that comes
+     * during the work on a batch ends that wait at once, none is missed. */
+    sigset_t stop_signals, waiting_mask;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGHUP);
+    sigprocmask(SIG_BLOCK, &stop_signals, &waiting_mask);
+    sigdelset(&waiting_mask, SIGTERM);
+    sigdelset(&waiting_mask, SIGINT);
+    sigdelset(&waiting_mask, SIGHUP);
+    struct sigaction on_stop = {.sa_handler = note_stop};
+    sigemptyset(&on_stop.sa_mask);
+    sigaction(SIGTERM, &on_stop, NULL);
+    sigaction(SIGINT, &on_stop, NULL);
+    sigaction(SIGHUP, &on_stop, NULL);
     if (die_with_parent) {
         pid_t parent = getppid();
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* caught: the pairs are reset, not just closed */
         if (getppid() != parent) /* the parent died before prctl took effect */
             return 0;
     }
@@ -504,12 +529,18 @@ int main(int argc, char **argv)
     struct epoll_event events[MAX_EVENTS];
     int running = 1;
     while (running) {
-        int ready = epoll_wait(epoll_fd, events, MAX_EVENTS, -1);
+        int ready = epoll_pwait(epoll_fd, events, MAX_EVENTS, -1, &waiting_mask);
         if (ready < 0) {
-            if (errno == EINTR)
-                continue;
-            say("epoll_wait: %s", strerror(errno));
-            return 1;
+            if (errno != EINTR) {
+                say("epoll_wait: %s", strerror(errno));
+                return 1;
+            }
+            if (stop_requested) {
+                if (pairs)
+                    say("stopped by a signal: every open pair is reset");
+                running = 0;
+            }
+            continue;
         }
         for (int i = 0; i < ready; i++) {
             struct endpoint *e = events[i].data.ptr;

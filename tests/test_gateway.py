@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -349,6 +350,57 @@ def test_a_stream_whose_far_side_is_down_fails_visibly(tmp_path: Path, pump: str
                 sock.recv(100)
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize("how", ["group-sigterm", "sigkill"])
+def test_a_gateway_stopped_midstream_resets_the_native_pumps_streams(tmp_path: Path,
+                                                                    how: str) -> None:
+    """Ctrl-C on the terminal or systemd's stop reaches the whole process group, and a
+    SIGKILL leaves the helper alone: either way a stream cut short must end in a reset,
+    never a clean end of file (the helper used to die with the group, or of SIGKILL)."""
+    from streams_trace.client import Listener, connect_with_conf
+
+    if not (REPO / "streams_trace" / "relay" / "streams-splice").exists():
+        pytest.skip("the native helper is not built")
+    port = free_port()
+    initiator_dir, listener_dir = tmp_path / "initiator", tmp_path / "listener"
+    process = subprocess.Popen(
+        streams_trace_command("gateway", "--listener-contact-string", f"127.0.0.1:{port}",
+                              "--initiator-config-dir", str(initiator_dir),
+                              "--listener-config-dir", str(listener_dir)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "STREAMS_TRACE_PUMP": "native"}, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        tunnel_id = process.stdout.readline().strip()
+        listener = Listener(conf.load(tunnel_id, listener_dir))
+
+        def send_a_lot() -> None:
+            try:
+                conn, _ = listener.accept()
+                with conn:
+                    for _ in range(1000):
+                        conn.sendall(b"x" * (1 << 20))
+            except OSError:
+                pass
+
+        threading.Thread(target=send_a_lot, daemon=True).start()
+        with connect_with_conf(conf.load(tunnel_id, initiator_dir)) as sock:
+            sock.settimeout(30)
+            received = 0
+            while received < 4 << 20:
+                received += len(sock.recv(1 << 16))
+            if how == "group-sigterm":
+                os.killpg(process.pid, signal.SIGTERM)
+            else:
+                process.kill()
+            with pytest.raises(ConnectionResetError):
+                while sock.recv(1 << 16):
+                    pass
+        listener.close()
+    finally:
+        process.kill()
+        process.communicate(timeout=20)
 
 
 def test_a_port_it_cannot_take_leaves_no_conf_behind(tmp_path: Path) -> None:

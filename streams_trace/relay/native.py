@@ -63,8 +63,11 @@ class NativePump:
             command.append("-d")
         command.append(str(theirs.fileno()))
         try:
+            # A session of its own: Ctrl-C on the terminal, or a kill of our process
+            # group, is for us (or the traced program), not a reason to drop streams.
             self.process = subprocess.Popen(
-                command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL
+                command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         except BaseException:
             self._control.close()
