@@ -21,8 +21,16 @@ from streams_trace import conf
 from streams_trace.gateway.tunnel import read_state
 from streams_trace.handshake import Connector
 from streams_trace.lan import HandshakeError, handshake_blocking
+from streams_trace.relay.native import helper_path
 
-from .conftest import REPO, Gateway, free_port, start_gateway, streams_trace_command
+from .conftest import (
+    NATIVE_MISSING,
+    REPO,
+    Gateway,
+    free_port,
+    start_gateway,
+    streams_trace_command,
+)
 
 PEERS = str(Path(__file__).with_name("peers.py"))
 _spawned: list[subprocess.Popen[str]] = []
@@ -340,8 +348,8 @@ def test_a_stream_whose_far_side_is_down_fails_visibly(tmp_path: Path, pump: str
     program: the stream must end in a reset, not as an empty but complete reply."""
     from streams_trace.client import connect_with_conf
 
-    if pump == "native" and not (REPO / "streams_trace" / "relay" / "streams-splice").exists():
-        pytest.skip("the native helper is not built")
+    if pump == "native" and helper_path() is None:
+        pytest.skip(NATIVE_MISSING)
     gateway = start_gateway(tmp_path, env={"STREAMS_TRACE_PUMP": pump})  # nobody listens
     try:
         with connect_with_conf(conf.load(gateway.tunnel_id, gateway.initiator_dir)) as sock:
@@ -360,8 +368,8 @@ def test_a_gateway_stopped_midstream_resets_the_native_pumps_streams(tmp_path: P
     never a clean end of file (the helper used to die with the group, or of SIGKILL)."""
     from streams_trace.client import Listener, connect_with_conf
 
-    if not (REPO / "streams_trace" / "relay" / "streams-splice").exists():
-        pytest.skip("the native helper is not built")
+    if helper_path() is None:
+        pytest.skip(NATIVE_MISSING)
     port = free_port()
     initiator_dir, listener_dir = tmp_path / "initiator", tmp_path / "listener"
     process = subprocess.Popen(

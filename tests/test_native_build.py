@@ -24,7 +24,7 @@ import pytest
 
 from streams_trace import conf
 
-from .conftest import REPO, free_port, ptrace_problem
+from .conftest import NATIVE_MISSING, REPO, free_port, ptrace_problem
 
 COPIED = ["setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "native",
           "streams_trace", "tests", "man"]
@@ -39,8 +39,6 @@ COMPILERS = ["cc", "gcc", "c99", "clang", "tcc", "musl-gcc", "x86_64-linux-gnu-g
 
 # The only reasons a test may skip in the compiler-less install: the native helper is
 # missing, or a test program cannot be built (tests/test_run.py, build_c and build_go).
-NATIVE_MISSING = ("the native helper is not built (no C compiler when streams-trace was "
-                  "installed)")
 NO_COMPILER_REASONS = {NATIVE_MISSING, "gcc is not installed (Debian: gcc)",
                        "musl-gcc is not installed (Debian: musl-tools)",
                        "go is not installed (Debian: golang-go)", "gcc is not installed"}

@@ -28,7 +28,7 @@ from streams_trace.relay import Pump, best_pump
 from streams_trace.relay.native import NativePump, helper_path
 from streams_trace.relay.pump import SplicePump
 
-NATIVE_MISSING = "the native helper is not built (no C compiler when streams-trace was installed)"
+from .conftest import NATIVE_MISSING
 
 
 def open_fds(pid: int | str = "self") -> set[str]:

@@ -26,7 +26,7 @@ from streams_trace import conf as confmod
 from streams_trace.handshake import Connector
 from streams_trace.lan import handshake_blocking
 
-from .conftest import EchoListener, Gateway
+from .conftest import NATIVE_MISSING, EchoListener, Gateway
 from .test_run import (
     _PTRACE_PROBLEM,
     PROGRAMS,
@@ -103,7 +103,7 @@ def test_both_pumps_carry_relayed_connections(tunnel: Gateway, echo: EchoListene
     from streams_trace.relay.native import helper_path
 
     if pump == "native" and helper_path() is None:
-        pytest.skip("the native helper is not built (no C compiler at install time)")
+        pytest.skip(NATIVE_MISSING)
     client = build_c(tmp_path / "client", static_musl=False)
     name, port = fake_contact(tunnel)
     code, out, err = finish(streams_run(
@@ -209,7 +209,7 @@ def test_killing_the_supervisor_ends_the_helper_and_the_program(tunnel: Gateway,
     from streams_trace.relay.native import helper_path
 
     if helper_path() is None:
-        pytest.skip("the native helper is not built (no C compiler at install time)")
+        pytest.skip(NATIVE_MISSING)
     name, port = fake_contact(tunnel)
     program = ("import socket, sys, time\n"
                f"s = socket.create_connection(({name!r}, {port}))\n"
@@ -292,7 +292,7 @@ def test_1000_concurrent_relayed_connections_with_checksums_leave_no_descriptor(
     from streams_trace.relay.native import helper_path
 
     if pump == "native" and helper_path() is None:
-        pytest.skip("the native helper is not built (no C compiler at install time)")
+        pytest.skip(NATIVE_MISSING)
     count = 1000
     server = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("peers.py")), "server", tunnel.tunnel_id,
