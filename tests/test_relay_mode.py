@@ -147,6 +147,31 @@ def test_an_intruder_on_the_private_port_never_reaches_the_program(tunnel: Gatew
     assert "did not come through the supervisor" in err
 
 
+def test_a_udp_socket_on_the_tunnel_port_leaves_the_tcp_listener_alone(tunnel: Gateway) -> None:
+    """A server on one port for TCP and UDP (a DNS server, iperf3): the UDP bind is the
+    program's own, and the tunnel's connections still reach the TCP listener."""
+    from streams_trace.client import connect_with_conf
+
+    server_code = (
+        "import socket, sys\n"
+        "port = int(sys.argv[1])\n"
+        "tcp = socket.create_server(('127.0.0.1', port))\n"
+        "udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "udp.bind(('127.0.0.1', port))\n"
+        "print('listening', udp.getsockname()[1] == port, flush=True)\n"
+        "conn, _ = tcp.accept()\n"
+        "conn.sendall(b'echo:' + conn.makefile('rb').readline())\n")
+    server = listener_program(tunnel, sys.executable, "-c", server_code,
+                              str(tunnel.listener_port), ready="listening True",
+                              options=RELAY)
+    with connect_with_conf(confmod.load(tunnel.tunnel_id, tunnel.initiator_dir)) as client:
+        client.settimeout(20)
+        client.sendall(b"over tcp\n")
+        assert client.recv(100) == b"echo:over tcp\n"
+    code, _, err = finish(server)
+    assert code == 0, err
+
+
 def test_a_source_port_the_supervisor_gave_up_does_not_let_a_stranger_in(
         tunnel: Gateway) -> None:
     """The program closes its listening socket before accepting a relayed connection, then

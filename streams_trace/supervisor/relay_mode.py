@@ -319,6 +319,16 @@ class Relay:
     def bind(self, task: Task, fd: int, local: SockAddr) -> None:
         if not self.ensure_scratch(task):
             return
+        # Only a stream socket is the tunnel's listener: a UDP socket on the same port
+        # (DNS servers, iperf3 -u) binds as it asked, and must not take the private port.
+        inode = self.owner.socket_inode(task, fd)
+        kind = self.socket_types.pop(inode, None)
+        if kind is None:
+            self._learn_type(task, fd, inode)
+            return
+        if kind != socket.SOCK_STREAM:
+            self.tracer.resume(task)
+            return
         key = (local.family, local.host, local.port)
         listener = self.listeners.get(key)
         created = listener is None
@@ -329,7 +339,6 @@ class Relay:
                 self.tracer.complete(task, -(exc.errno or errno.EADDRINUSE))
                 return
         try:
-            inode = self.owner.socket_inode(task, fd)
             # A private port: the kernel picks one, we give it back, the program binds it.
             # The probe stays bound until the last moment; what remains is the gap from
             # its close to the program's bind: a process binding that very port then
