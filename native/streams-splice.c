@@ -182,11 +182,12 @@ static void close_pair(struct pair *p, int cut)
             epoll_ctl(epoll_fd, EPOLL_CTL_DEL, p->fd[side], NULL);
         /* fd[0] is the forward source: what goes toward it is the backward direction. */
         const struct direction *toward = side == 0 ? &p->backward : &p->forward;
-        if (p->reset && !(cut && toward->finished)) {
-            /* SO_LINGER 0 makes close() send a reset, so a reset passes through. */
-            struct linger linger = {.l_onoff = 1, .l_linger = 0};
-            (void)setsockopt(p->fd[side], SOL_SOCKET, SO_LINGER, &linger, sizeof linger);
-        }
+        /* SO_LINGER 0 (the owner armed it, so that our death resets the streams) makes
+         * close() send a reset, so a reset passes through; a side whose stream is
+         * complete is disarmed, and keeps what is queued for it. */
+        struct linger linger = {.l_onoff = p->reset && !(cut && toward->finished),
+                                .l_linger = 0};
+        (void)setsockopt(p->fd[side], SOL_SOCKET, SO_LINGER, &linger, sizeof linger);
         close(p->fd[side]);
     }
     if (p->prev)

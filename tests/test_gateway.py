@@ -360,15 +360,16 @@ def test_a_stream_whose_far_side_is_down_fails_visibly(tmp_path: Path, pump: str
         gateway.stop()
 
 
-@pytest.mark.parametrize("how", ["group-sigterm", "sigkill"])
-def test_a_gateway_stopped_midstream_resets_the_native_pumps_streams(tmp_path: Path,
-                                                                    how: str) -> None:
-    """Ctrl-C on the terminal or systemd's stop reaches the whole process group, and a
-    SIGKILL leaves the helper alone: either way a stream cut short must end in a reset,
-    never a clean end of file (the helper used to die with the group, or of SIGKILL)."""
+@pytest.mark.parametrize(("how", "pump"), [("group-sigterm", "native"), ("sigkill", "native"),
+                                         ("helper-sigkill", "native"), ("sigkill", "python")])
+def test_a_gateway_stopped_midstream_resets_its_streams(tmp_path: Path, how: str,
+                                                       pump: str) -> None:
+    """Ctrl-C on the terminal or systemd's stop reaches the whole process group; SIGKILL
+    or the OOM killer can take the gateway or its helper: however the carrying process
+    ends, a stream cut short must end in a reset, never a clean end of file."""
     from streams_trace.client import Listener, connect_with_conf
 
-    if helper_path() is None:
+    if pump == "native" and helper_path() is None:
         pytest.skip(NATIVE_MISSING)
     port = free_port()
     initiator_dir, listener_dir = tmp_path / "initiator", tmp_path / "listener"
@@ -377,7 +378,7 @@ def test_a_gateway_stopped_midstream_resets_the_native_pumps_streams(tmp_path: P
                               "--initiator-config-dir", str(initiator_dir),
                               "--listener-config-dir", str(listener_dir)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "STREAMS_TRACE_PUMP": "native"}, start_new_session=True)
+        env={**os.environ, "STREAMS_TRACE_PUMP": pump}, start_new_session=True)
     try:
         assert process.stdout is not None
         tunnel_id = process.stdout.readline().strip()
@@ -400,8 +401,15 @@ def test_a_gateway_stopped_midstream_resets_the_native_pumps_streams(tmp_path: P
                 received += len(sock.recv(1 << 16))
             if how == "group-sigterm":
                 os.killpg(process.pid, signal.SIGTERM)
-            else:
+            elif how == "sigkill":
                 process.kill()
+            else:
+                children = {int(pid) for task in Path(f"/proc/{process.pid}/task").iterdir()
+                            for pid in (task / "children").read_text().split()}
+                helpers = [pid for pid in children
+                           if Path(f"/proc/{pid}/comm").read_text().strip() == "streams-splice"]
+                assert helpers, children
+                os.kill(helpers[0], signal.SIGKILL)
             with pytest.raises(ConnectionResetError):
                 while sock.recv(1 << 16):
                     pass

@@ -117,14 +117,23 @@ class _Pair:
         for direction in (self.forward, self.backward):
             os.close(direction.pipe_read)
             os.close(direction.pipe_write)
-        # SO_LINGER 0 makes close() send a reset, so a reset passes through.
-        linger = struct.pack("ii", 1, 0)
+        # SO_LINGER 0 (armed by reset_if_lost) makes close() send a reset, so a reset
+        # passes through; a side whose stream is complete is disarmed, and keeps what is
+        # queued for it.
         for sock, toward in ((self.a, self.backward), (self.b, self.forward)):
-            if self.reset or (cut and not toward.finished):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            reset = self.reset or (cut and not toward.finished)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", reset, 0))
         self.a.close()
         self.b.close()
+
+
+def reset_if_lost(sock: socket.socket) -> None:
+    """Arm SO_LINGER 0 on a socket a pump takes: if the process carrying it dies (SIGKILL,
+    the OOM killer, a crash), the kernel's close then resets the stream rather than
+    ending it as if complete. A pair that ends by itself disarms it before closing."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def close_with_reset(sock: socket.socket) -> None:
@@ -219,6 +228,8 @@ class SplicePump:
         """Take ownership of two connected sockets and join them until both ends finish."""
         a.setblocking(False)
         b.setblocking(False)
+        reset_if_lost(a)
+        reset_if_lost(b)
         try:
             pair = _Pair(a, b, on_done)
         except OSError as exc:
