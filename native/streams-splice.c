@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -131,6 +132,19 @@ static int is_reset_error(int err)
            err == ENETUNREACH || err == ECONNABORTED;
 }
 
+/* After splice said 0: move the urgent byte it stopped at into the pipe (the owner set
+ * SO_OOBINLINE, so it is part of the stream) and return 1; 0 at the real end of file. */
+static int urgent_byte(struct direction *d)
+{
+    int at_mark = 0;
+    char byte;
+    if (ioctl(d->source, SIOCATMARK, &at_mark) < 0 || !at_mark)
+        return 0;
+    if (recv(d->source, &byte, 1, MSG_DONTWAIT) != 1)
+        return 0;
+    return write(d->pipe_write, &byte, 1) == 1; /* there is room: the caller checked */
+}
+
 static int open_pipe(struct direction *d)
 {
     int fds[2];
@@ -224,6 +238,8 @@ static int move(struct direction *d)
         if (!d->eof && d->buffered < d->capacity) {
             ssize_t n = splice(d->source, NULL, d->pipe_write, NULL, d->capacity - d->buffered,
                                SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+            if (n == 0 && urgent_byte(d))
+                n = 1;
             if (n == 0) {
                 d->eof = 1;
             } else if (n > 0) {

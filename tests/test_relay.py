@@ -183,6 +183,22 @@ def test_half_close_passes_through_both_ways(pump: Pump, sockets: Sockets) -> No
     server.close()
 
 
+def test_urgent_data_stays_in_its_place_in_the_stream(pump: Pump, sockets: Sockets) -> None:
+    """telnet, rlogin and FTP's ABOR send urgent (MSG_OOB) bytes; splice stops at the
+    urgent mark as if at the end of the stream, which cut the rest off silently."""
+    done = Finished()
+    client, server = relayed(pump, sockets, done)
+    client.sendall(b"A" * 10)
+    client.send(b"!", socket.MSG_OOB)
+    client.sendall(b"B" * 10)
+    client.shutdown(socket.SHUT_WR)
+    server.settimeout(10)
+    assert read_to_end(server) == b"A" * 10 + b"!" + b"B" * 10
+    server.close()
+    assert done.wait() == (21, 0, False)
+    client.close()
+
+
 def reset(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()

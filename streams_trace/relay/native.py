@@ -20,7 +20,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from .pump import DoneCallback, close_with_reset, reset_if_lost
+from .pump import DoneCallback, close_with_reset, take_for_pump
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ class NativePump:
             self._next_id += 1
             self._callbacks[pair_id] = on_done
         header = ADD_MESSAGE.pack(OP_ADD, 0, pair_id)
-        reset_if_lost(a)  # the helper disarms it when the pair ends by itself
-        reset_if_lost(b)
+        take_for_pump(a)
+        take_for_pump(b)
         fds = array.array("i", [a.fileno(), b.fileno()])
         try:
             self._control.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, missing from Python < 3.10's fcntl on some builds
 PIPE_SIZE = 256 * 1024
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+SIOCATMARK = 0x8905  # <asm/sockios.h>: whether the next byte is the urgent one
 # Bytes one pair may move per wake-up before others get their turn.
 FAIR_SHARE = 4 * PIPE_SIZE
 _RESET_ERRORS = (
@@ -128,12 +129,34 @@ class _Pair:
         self.b.close()
 
 
-def reset_if_lost(sock: socket.socket) -> None:
-    """Arm SO_LINGER 0 on a socket a pump takes: if the process carrying it dies (SIGKILL,
-    the OOM killer, a crash), the kernel's close then resets the stream rather than
-    ending it as if complete. A pair that ends by itself disarms it before closing."""
+def take_for_pump(sock: socket.socket) -> None:
+    """Set what a pump needs on a socket it takes (both pumps, before any byte moves).
+
+    SO_LINGER 0, armed: if the process carrying it dies (SIGKILL, the OOM killer, a
+    crash), the kernel's close resets the stream rather than ending it as if complete;
+    a pair that ends by itself disarms it before closing. SO_OOBINLINE: an urgent byte
+    (telnet, FTP's ABOR) stays in the stream, in its place: splice stops at the urgent
+    mark as at an end of file, and the pump moves that byte itself (see _urgent_byte).
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+
+
+def _urgent_byte(direction: _Direction) -> bool:
+    """After splice said 0: move the urgent byte it stopped at into the pipe, and say
+    True; False when it is the real end of file."""
+    try:
+        at_mark = fcntl.ioctl(direction.source.fileno(), SIOCATMARK, b"\0" * 4)
+        if not struct.unpack("i", at_mark)[0]:
+            return False
+        byte = direction.source.recv(1, socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    if not byte:
+        return False
+    os.write(direction.pipe_write, byte)  # there is room: the caller checked
+    return True
 
 
 def close_with_reset(sock: socket.socket) -> None:
@@ -169,6 +192,8 @@ def _move(direction: _Direction) -> None:
             except BlockingIOError:
                 count = -1
                 direction.stalled = direction.buffered > 0
+            if count == 0 and _urgent_byte(direction):
+                count = 1
             if count == 0:
                 direction.eof = True
             elif count > 0:
@@ -228,8 +253,8 @@ class SplicePump:
         """Take ownership of two connected sockets and join them until both ends finish."""
         a.setblocking(False)
         b.setblocking(False)
-        reset_if_lost(a)
-        reset_if_lost(b)
+        take_for_pump(a)
+        take_for_pump(b)
         try:
             pair = _Pair(a, b, on_done)
         except OSError as exc:
