@@ -419,6 +419,33 @@ def test_a_gateway_stopped_midstream_resets_its_streams(tmp_path: Path, how: str
         process.communicate(timeout=20)
 
 
+def test_the_gateway_takes_the_descriptors_its_hard_limit_allows(tmp_path: Path) -> None:
+    """Four descriptors a stream: the common soft limit of 1024 would be a few hundred."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard descriptor limit is {hard} here: nothing to raise")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    process = subprocess.Popen(
+        streams_trace_command("gateway", "--listener-contact-string", f"127.0.0.1:{free_port()}",
+                              "--initiator-config-dir", str(tmp_path / "initiator"),
+                              "--listener-config-dir", str(tmp_path / "listener")),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=low_soft_limit)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip()
+        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+        assert int(line.split()[3]) > 256, line
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+
+
 def test_a_port_it_cannot_take_leaves_no_conf_behind(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         result = subprocess.run(

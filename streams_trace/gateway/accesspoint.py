@@ -59,12 +59,18 @@ class AccessPoint:
     async def serve(self, server: socket.socket) -> None:
         """Accept connections on ``server`` (listening, non-blocking) until cancelled."""
         loop = asyncio.get_running_loop()
+        failures, last_said = 0, 0.0
         while True:
             try:
                 conn, peer = await loop.sock_accept(server)
             except OSError as exc:
-                # Out of descriptors or a connection aborted before accept: keep serving.
-                log.warning("%s: accept failed: %s", self.name, exc)
+                # Out of descriptors or a connection aborted before accept: keep serving,
+                # saying so at most every 10 s (this can repeat 20 times a second).
+                failures += 1
+                if time.monotonic() - last_said >= 10:
+                    log.warning("%s: accept failed: %s (%d times since the last report)",
+                                self.name, exc, failures)
+                    failures, last_said = 0, time.monotonic()
                 await asyncio.sleep(0.05)
                 continue
             self.stats.accepted += 1

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -98,6 +99,18 @@ class RunningGateway:
         return {ap.name: ap.stats for ap in self.access_points}
 
 
+def _raise_descriptor_limit() -> None:
+    """Each stream holds four descriptors here, each handshake one or two: the common soft
+    limit of 1024 is a few hundred streams. Take what the hard limit allows (the
+    gateway's own processes only; the native helper does the same for itself)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20),
+                                hard))
+
+
 def _bind_preferring(host: str, wanted: int, previous: int | None) -> socket.socket:
     """Listen on ``wanted``; with 0, try the previous run's port first, then any."""
     try:
@@ -119,6 +132,7 @@ async def run(
 ) -> RunningGateway:
     """Serve until ``stop`` is set, SIGINT/SIGTERM arrive, or the tunnel expires."""
     options.check()
+    _raise_descriptor_limit()
     tunnel_id = options.tunnel_id or str(uuid.uuid4())
     state_dir = options.state_dir or (
         options.listener_config_dir if options.role == "listener" else options.initiator_config_dir
