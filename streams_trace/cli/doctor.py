@@ -2,7 +2,8 @@
 
 Human-readable by default, ``--json`` for scripts. Exit status: 0 when all is
 well, 7 when ptrace is not permitted (streams-run cannot work here), 3 when the
-tunnel's conf cannot be read or the tunnel has expired, 6 when its access point does not answer.
+tunnel's conf cannot be read or the tunnel has expired, 6 when its access point
+does not answer.
 """
 
 from __future__ import annotations

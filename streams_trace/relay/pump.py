@@ -118,7 +118,7 @@ class _Pair:
         for direction in (self.forward, self.backward):
             os.close(direction.pipe_read)
             os.close(direction.pipe_write)
-        # SO_LINGER 0 (armed by reset_if_lost) makes close() send a reset, so a reset
+        # SO_LINGER 0 (armed by take_for_pump) makes close() send a reset, so a reset
         # passes through; a side whose stream is complete is disarmed, and keeps what is
         # queued for it.
         for sock, toward in ((self.a, self.backward), (self.b, self.forward)):
@@ -138,9 +138,10 @@ def take_for_pump(sock: socket.socket) -> None:
     (telnet, FTP's ABOR) stays in the stream, in its place: splice stops at the urgent
     mark as at an end of file, and the pump moves that byte itself (see _urgent_byte).
     """
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+    for option, value in ((socket.SO_LINGER, struct.pack("ii", 1, 0)),
+                          (socket.SO_OOBINLINE, 1)):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, value)
 
 
 def _urgent_byte(direction: _Direction) -> bool:
