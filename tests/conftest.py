@@ -17,6 +17,8 @@ import pytest
 
 from streams_trace.contact import free_port
 
+from .programs.echo_server import read_line
+
 __all__ = ["free_port"]  # re-exported for the test modules
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,14 +132,8 @@ class EchoListener:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
-            data = b""
             try:
-                while not data.endswith(b"\n"):
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                conn.sendall(b"echo:" + data)
+                conn.sendall(b"echo:" + read_line(conn))
             except ConnectionResetError:
                 return  # the client side was cut (a test that kills the supervisor)
         with self.lock:

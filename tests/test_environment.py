@@ -293,13 +293,18 @@ def test_initiator_side_writes_the_official_conf(globus: Globus) -> None:
     assert bearer(secret_call) == f"Bearer {INITIATOR_ENDPOINT}-access"
 
 
-def test_initialize_again_keeps_the_fake_port(globus: Globus) -> None:
+def initialize_initiator(globus: Globus) -> None:
+    """A logged-in user initializes the initiator side of a ready tunnel."""
     log_in(INITIATOR_ENDPOINT)
     serve_tunnel(globus, initiator=("198.51.100.7", 50123))
     serve_access_points(globus)
     serve_endpoints()
     serve_lan_secret(globus, "initiator")
     assert run_cli("environment", "initialize", globus.tunnel_id).code == 0
+
+
+def test_initialize_again_keeps_the_fake_port(globus: Globus) -> None:
+    initialize_initiator(globus)
     first = globus.load_conf()
     assert run_cli("environment", "initialize", globus.tunnel_id).code == 0
     assert globus.load_conf().fake_port == first.fake_port
@@ -377,12 +382,7 @@ def test_listener_contact_must_be_an_ip_address(globus: Globus) -> None:
 def test_a_passing_gcs_manager_failure_fails_and_keeps_the_secret(globus: Globus) -> None:
     """A 5xx from the GCS Manager is no answer: initialize fails, and the conf (with the LAN
     secret it has) stays; it must not be rewritten without one."""
-    log_in(INITIATOR_ENDPOINT)
-    serve_tunnel(globus, initiator=("198.51.100.7", 50123))
-    serve_access_points(globus)
-    serve_endpoints()
-    serve_lan_secret(globus, "initiator")
-    assert run_cli("environment", "initialize", globus.tunnel_id).code == 0
+    initialize_initiator(globus)
     before = globus.conf_path().read_bytes()
     serve_lan_secret(globus, "initiator", status=503, body={
         "DATA_TYPE": "result#1.0.0", "code": "unavailable", "http_response_code": 503,

@@ -875,6 +875,11 @@ def private_nameserver(tmp_path: Path, options: str = "",
     return nameserver, resolv
 
 
+# A shell command: the address glibc finds for the name only our test nameserver knows.
+RESOLVE_OTHER = (f"{sys.executable} -c "
+                 "\"import socket; print(socket.gethostbyname('other.streams-trace.test'))\"")
+
+
 def run_with_resolv(resolv: Path, tunnel: Gateway, command: str
                     ) -> subprocess.CompletedProcess[str]:
     """Shell ``command`` under streams-run, in a mount namespace where ``resolv`` is
@@ -894,9 +899,7 @@ def test_a_forwarded_query_takes_only_its_own_answer(tunnel: Gateway, tmp_path: 
     nameserver, resolv = private_nameserver(tmp_path, "options timeout:2 attempts:1\n",
                                             forge_first=True)
     try:
-        process = run_with_resolv(
-            resolv, tunnel, f"{sys.executable} -c \"import socket; "
-            f"print(socket.gethostbyname('other.streams-trace.test'))\"")
+        process = run_with_resolv(resolv, tunnel, RESOLVE_OTHER)
     finally:
         nameserver.close()
     assert (process.returncode, process.stdout) == (0, "127.0.0.1\n"), process.stderr
@@ -913,9 +916,7 @@ def test_a_nameserver_that_refuses_sends_the_program_to_the_next_at_once(
                       "options timeout:15 attempts:1\n")
     started = time.monotonic()
     try:
-        process = run_with_resolv(
-            resolv, tunnel, f"{sys.executable} -c \"import socket; "
-            f"print(socket.gethostbyname('other.streams-trace.test'))\"")
+        process = run_with_resolv(resolv, tunnel, RESOLVE_OTHER)
     finally:
         nameserver.close()
     assert (process.returncode, process.stdout) == (0, "127.0.0.1\n"), process.stderr
@@ -987,8 +988,7 @@ def test_a_link_local_nameserver_is_asked_on_its_interface(tunnel: Gateway,
         f"mount --bind {resolv} /etc/resolv.conf || exit 1; "
         f"{sys.executable} {tmp_path}/nameserver.py > {tmp_path}/up 2>&1 & server=$!; "
         f"while ! grep -q up {tmp_path}/up 2>/dev/null; do sleep 0.05; done; "
-        f"{launcher} --config-dir {tunnel.initiator_dir} {tunnel.tunnel_id} {sys.executable} "
-        "-c \"import socket; print(socket.gethostbyname('other.streams-trace.test'))\"; "
+        f"{launcher} --config-dir {tunnel.initiator_dir} {tunnel.tunnel_id} {RESOLVE_OTHER}; "
         "status=$?; kill $server; exit $status")
     process = subprocess.run(["unshare", "--net", "--mount", "sh", "-c", script],
                              capture_output=True, text=True, timeout=60, cwd=REPO)

@@ -244,10 +244,8 @@ class Relay:
         # Only a datagram socket goes to the responder (it answers UDP): a TCP query
         # (dig +tcp, a resolver after a truncated answer) goes on to the nameserver.
         # The socket's type is asked in the program, and its connect then runs again.
-        inode = self.owner.socket_inode(task, fd)
-        kind = self.socket_types.pop(inode, None)
+        kind = self._socket_type(task, fd)
         if kind is None:
-            self._learn_type(task, fd, inode)
             return
         if kind != socket.SOCK_DGRAM:
             self.tracer.resume(task)
@@ -260,6 +258,15 @@ class Relay:
                   task.tgid, nameserver)
         self.run_with_private(task, data, lambda slot: {1: slot, 2: len(data)},
                               lambda info, slot: self.tracer.resume(task))
+
+    def _socket_type(self, task: Task, fd: int) -> int | None:
+        """SO_TYPE of the program's ``fd`` (-1: not a socket one can ask), or None when it
+        is being asked now: the program's syscall then runs again, and comes back here."""
+        inode = self.owner.socket_inode(task, fd)
+        kind = self.socket_types.pop(inode, None)
+        if kind is None:
+            self._learn_type(task, fd, inode)
+        return kind
 
     def _learn_type(self, task: Task, fd: int, inode: int) -> None:
         """getsockopt(fd, SO_TYPE) run in the program in place of its syscall."""
@@ -321,10 +328,8 @@ class Relay:
             return
         # Only a stream socket is the tunnel's listener: a UDP socket on the same port
         # (DNS servers, iperf3 -u) binds as it asked, and must not take the private port.
-        inode = self.owner.socket_inode(task, fd)
-        kind = self.socket_types.pop(inode, None)
+        kind = self._socket_type(task, fd)
         if kind is None:
-            self._learn_type(task, fd, inode)
             return
         if kind != socket.SOCK_STREAM:
             self.tracer.resume(task)
@@ -339,6 +344,7 @@ class Relay:
                 self.tracer.complete(task, -(exc.errno or errno.EADDRINUSE))
                 return
         try:
+            inode = self.owner.socket_inode(task, fd)
             # A private port: the kernel picks one, we give it back, the program binds it.
             # The probe stays bound until the last moment; what remains is the gap from
             # its close to the program's bind: a process binding that very port then

@@ -9,15 +9,20 @@ import sys
 import threading
 
 
+def read_line(conn: socket.socket) -> bytes:
+    """One line from ``conn`` (what came, if it ended first). Shared by the test servers."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def serve(conn: socket.socket) -> None:
     with conn:
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        conn.sendall(b"echo:" + data)
+        conn.sendall(b"echo:" + read_line(conn))
 
 
 def main() -> None:

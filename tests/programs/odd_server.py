@@ -15,6 +15,8 @@ import os
 import socket
 import sys
 
+from echo_server import read_line  # this folder is first on sys.path
+
 
 def listen(port: int) -> socket.socket:
     server = socket.socket()
@@ -22,17 +24,6 @@ def listen(port: int) -> socket.socket:
     server.bind(("127.0.0.1", port))
     server.listen(8)
     return server
-
-
-def read_line(conn: socket.socket) -> bytes:
-    conn.settimeout(10)
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 mode, port = sys.argv[1], int(sys.argv[2])
@@ -44,12 +35,14 @@ if mode == "relisten":
     server = listen(port)
     print("again", flush=True)
     conn, _ = server.accept()
+    conn.settimeout(10)
     with conn:
         print("got", read_line(conn).decode().strip(), flush=True)
 else:
     if os.fork() != 0:
         os._exit(0)
     conn, _ = server.accept()
+    conn.settimeout(10)
     with conn:
         conn.sendall(b"echo:" + read_line(conn))
     open(sys.argv[3], "w").close()
