@@ -805,10 +805,18 @@ class TinyNameserver:
         self.sock.bind(self.ADDRESS)
         self.asked: list[str] = []
 
+        # Woken every 0.1 s to see whether it should stop: close() then waits for it, so
+        # port 53 is free for the next test the moment close() returns (a UDP socket
+        # cannot be shut down to wake a thread blocked on it).
+        self.sock.settimeout(0.1)
+        self.stopping = False
+
         def serve() -> None:
-            while True:
+            while not self.stopping:
                 try:
                     query, client = self.sock.recvfrom(4096)
+                except TimeoutError:
+                    continue
                 except OSError:
                     return
                 question = dns.parse_question(query)
@@ -822,14 +830,12 @@ class TinyNameserver:
                                                       "127.6.6.6"), client)
                 self.sock.sendto(dns.build_answer(query, question, known), client)
 
-        threading.Thread(target=serve, daemon=True).start()
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
 
     def close(self) -> None:
-        # Wake the serving thread first: a socket it still blocks on would keep port 53.
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self.stopping = True
+        self.thread.join(timeout=10)
         self.sock.close()
 
 
