@@ -10,7 +10,10 @@
  * the bytes never enter user space. When a pair ends the helper sends back one
  * `struct done_msg` with the byte counts. End of file on the control socket
  * (the owner closed it, or died) resets every pair and ends the helper, so it
- * never outlives its owner; --die-with-parent adds PR_SET_PDEATHSIG for the
+ * never outlives its owner; a message of the op OP_END_WHEN_SENT alone (no
+ * descriptors) asks the helper to close each pair from then on as soon as its
+ * side a has finished sending (the owner's program has gone; see
+ * end_when_sent in pump.py); --die-with-parent adds PR_SET_PDEATHSIG for the
  * case where a forked copy of the owner still holds the control socket. SIGTERM,
  * SIGINT and SIGHUP (the parent-death signal is SIGTERM) end it the same way:
  * every pair reset, never a clean end of file for a stream cut short.
@@ -52,6 +55,7 @@
 
 /* Wire format shared with streams_trace/relay/native.py (native byte order). */
 #define OP_ADD 1
+#define OP_END_WHEN_SENT 2
 struct add_msg {
     uint32_t op;
     uint32_t reserved;
@@ -103,6 +107,7 @@ struct pair {
 static int debug_enabled;
 static int control_fd = -1;
 static volatile sig_atomic_t stop_requested;
+static int ending; /* OP_END_WHEN_SENT came: a pair whose side a finished closes */
 
 static void note_stop(int sig)
 {
@@ -355,6 +360,10 @@ static void service(struct pair *p, int side, uint32_t events)
         close_pair(p, 0);
         return;
     }
+    if (ending && p->forward.finished) {
+        close_pair(p, 1);
+        return;
+    }
     update_interest(p);
 }
 
@@ -456,6 +465,16 @@ static int read_control(void)
                     close(data[i]);
             }
         }
+    }
+    if ((size_t)n == sizeof msg && msg.op == OP_END_WHEN_SENT && count == 0 &&
+        !(header.msg_flags & MSG_CTRUNC)) {
+        ending = 1;
+        for (struct pair *p = pairs, *next; p; p = next) {
+            next = p->next; /* close_pair unlinks p */
+            if (p->forward.finished)
+                close_pair(p, 1);
+        }
+        return 1;
     }
     if ((size_t)n != sizeof msg || msg.op != OP_ADD || count != 2 ||
         (header.msg_flags & MSG_CTRUNC)) {

@@ -398,3 +398,39 @@ def test_a_thousand_concurrent_pairs_complete_and_leave_no_descriptor(
             left = open_fds(pump.pid) - helper_before
             raise AssertionError(f"{len(left)} left in the helper: {sorted(left)[:10]}") from None
     assert open_fds() - before_test == set()  # nothing of this test left open
+
+
+def test_end_when_sent_closes_a_pair_once_side_a_has_finished(pump: Pump,
+                                                               sockets: Sockets) -> None:
+    """After end_when_sent a pair whose a side has sent everything and its end of file
+    ends at once, though b keeps its side open: b has every byte and the end of file,
+    a gets a reset. A pair whose a side is still open is left alone."""
+    done, still = Finished(), Finished()
+    program, peer = relayed(pump, sockets, done)
+    other_program, other_peer = relayed(pump, sockets, still)
+    payload = os.urandom(2_000_000)
+    program.sendall(payload)
+    program.shutdown(socket.SHUT_WR)
+    peer.settimeout(10)
+    assert read_to_end(peer) == payload  # the end of file passed before end_when_sent
+    assert not done.event.wait(0.2)  # the idle peer keeps it open until then
+    pump.end_when_sent()
+    assert done.wait() == (len(payload), 0, True)
+    program.settimeout(10)
+    with pytest.raises(ConnectionResetError):
+        program.recv(10)
+    # The other pair's a side had not finished: it still carries bytes both ways.
+    other_program.sendall(b"ping")
+    other_peer.settimeout(10)
+    assert other_peer.recv(10) == b"ping"
+    other_peer.sendall(b"pong")
+    other_program.settimeout(10)
+    assert other_program.recv(10) == b"pong"
+    # Its a side finishes now: it ends by the same rule, after its last bytes arrive.
+    other_program.sendall(b"last")
+    other_program.shutdown(socket.SHUT_WR)
+    assert read_to_end(other_peer) == b"last"
+    assert still.wait() == (8, 4, True)
+    wait_until(lambda: pump.active == 0, what="every pair to end")
+    for sock in (program, peer, other_program, other_peer):
+        sock.close()

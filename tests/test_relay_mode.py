@@ -369,3 +369,84 @@ def test_1000_concurrent_relayed_connections_with_checksums_leave_no_descriptor(
             if process is not None and process.poll() is None:
                 process.kill()
                 process.communicate()
+
+
+@pytest.mark.parametrize("pump", ["native", "python"])
+def test_a_server_that_exits_does_not_wait_for_its_idle_client(tunnel: Gateway,
+                                                                pump: str) -> None:
+    """A server answers and exits while its client keeps the connection open (an HTTP
+    keep-alive): the client gets every byte and an end of file, and streams-run ends
+    with the server, not after waiting out its drain for the idle client."""
+    from streams_trace.client import connect_with_conf
+    from streams_trace.relay.native import helper_path
+    from streams_trace.supervisor.relay_mode import DRAIN_TIMEOUT
+
+    if pump == "native" and helper_path() is None:
+        pytest.skip(NATIVE_MISSING)
+    size = 3_000_000
+    server_code = (
+        "import socket, sys\n"
+        "listener = socket.create_server(('127.0.0.1', int(sys.argv[1])))\n"
+        "print('listening', flush=True)\n"
+        "conn, _ = listener.accept()\n"
+        "conn.makefile('rb').readline()\n"
+        f"conn.sendall(b'x' * {size})\n")
+    server = listener_program(tunnel, sys.executable, "-c", server_code,
+                              str(tunnel.listener_port), options=RELAY,
+                              env={"STREAMS_TRACE_PUMP": pump})
+    try:
+        with connect_with_conf(confmod.load(tunnel.tunnel_id, tunnel.initiator_dir)) as client:
+            client.settimeout(20)
+            client.sendall(b"request\n")
+            received = 0
+            while chunk := client.recv(1 << 16):
+                received += len(chunk)
+            assert received == size
+            started = time.monotonic()
+            code, _, err = finish(server)
+            waited = time.monotonic() - started
+            assert code == 0, err
+            assert waited < DRAIN_TIMEOUT / 2, f"streams-run ended {waited:.1f} s after the server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
+@pytest.mark.parametrize("pump", ["native", "python"])
+def test_a_client_that_exits_does_not_wait_for_a_server_that_keeps_the_connection(
+        tunnel: Gateway, pump: str) -> None:
+    """The program sends its last bytes and exits; the server reads them all but never
+    closes its side: every byte arrives, and streams-run ends with the program."""
+    from streams_trace.relay.native import helper_path
+    from streams_trace.supervisor.relay_mode import DRAIN_TIMEOUT
+
+    if pump == "native" and helper_path() is None:
+        pytest.skip(NATIVE_MISSING)
+    size = 3_000_000
+    import streams_trace
+
+    with streams_trace.listen(tunnel.tunnel_id, config_dir=tunnel.listener_dir) as target:
+        name, port = fake_contact(tunnel)
+        program = ("import socket\n"
+                   f"s = socket.create_connection(({name!r}, {port}))\n"
+                   f"s.sendall(b'y' * {size})\n")
+        client = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, sys.executable, "-c",
+                             program, options=RELAY, env={"STREAMS_TRACE_PUMP": pump})
+        try:
+            conn, _ = target.accept()
+            with conn:
+                conn.settimeout(20)
+                received = 0
+                while chunk := conn.recv(1 << 16):
+                    received += len(chunk)
+                assert received == size
+                started = time.monotonic()
+                code, _, err = finish(client)
+                waited = time.monotonic() - started
+            assert code == 0, err
+            assert waited < DRAIN_TIMEOUT / 2, f"streams-run ended {waited:.1f} s after the program"
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()

@@ -1,9 +1,9 @@
 """Data paths: the pumps that carry bytes between two connected sockets.
 
-Two pumps with one interface (``add(a, b, on_done)``, ``close()``, ``active``,
-``name``): the native helper built from ``native/`` (:mod:`.native`) and the
-pure-Python splice pump (:mod:`.pump`) that stands in where no C compiler was
-present at install time. :func:`best_pump` picks one.
+Two pumps with one interface (``add(a, b, on_done)``, ``end_when_sent()``,
+``close()``, ``active``, ``name``): the native helper built from ``native/``
+(:mod:`.native`) and the pure-Python splice pump (:mod:`.pump`) that stands in
+where no C compiler was present at install time. :func:`best_pump` picks one.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Pump(Protocol):
     def add(
         self, a: socket.socket, b: socket.socket, on_done: DoneCallback | None = None
     ) -> None: ...
+
+    def end_when_sent(self) -> None: ...
 
     def close(self) -> None: ...
 

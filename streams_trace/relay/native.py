@@ -4,7 +4,8 @@ The helper is a small C program with one epoll loop that carries bytes for
 every pair with splice(2), as :class:`~streams_trace.relay.pump.SplicePump`
 does in Python. Pairs reach it over an AF_UNIX SOCK_SEQPACKET control socket:
 one message per pair, a 16-byte header (op, reserved, id) with both sockets
-attached as SCM_RIGHTS. When a pair ends the helper answers with 32 bytes (id,
+attached as SCM_RIGHTS; a header alone with the op OP_END_WHEN_SENT asks for
+``end_when_sent``. When a pair ends the helper answers with 32 bytes (id,
 bytes a->b, bytes b->a, reset). The helper ends when its control socket closes,
 so it never outlives this process.
 """
@@ -30,6 +31,7 @@ HELPER_PATH = Path(__file__).with_name(HELPER_NAME)
 
 # Wire format, native byte order; must match struct add_msg / done_msg in native/.
 OP_ADD = 1
+OP_END_WHEN_SENT = 2
 ADD_MESSAGE = struct.Struct("=IIQ")
 DONE_MESSAGE = struct.Struct("=QQQII")
 STOP_TIMEOUT = 10.0
@@ -117,6 +119,14 @@ class NativePump:
             return
         a.close()
         b.close()
+
+    def end_when_sent(self) -> None:
+        """From now on the helper closes each pair once its ``a`` side has finished
+        sending (see SplicePump.end_when_sent)."""
+        try:
+            self._control.send(ADD_MESSAGE.pack(OP_END_WHEN_SENT, 0, 0))
+        except OSError as exc:  # the helper is gone: its pairs were reported as lost
+            log.debug("native pump: cannot ask the helper to end pairs: %s", exc)
 
     def close(self) -> None:
         """Stop the helper; it closes every pair it still holds and reports each."""

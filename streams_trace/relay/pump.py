@@ -241,6 +241,7 @@ class SplicePump:
         self._pairs: set[_Pair] = set()
         self._stopping = False
         self._closed = False
+        self._ending = False  # end_when_sent was called
         self._ended_now: set[int] = set()  # descriptors whose pair ended in this epoll batch
         self._thread = threading.Thread(target=self._run, name="splice-pump", daemon=True)
         self._thread.start()
@@ -266,6 +267,17 @@ class SplicePump:
             _report(on_done, 0, 0, True)
             return
         self._incoming.put(pair)
+        self._wake()
+
+    def end_when_sent(self) -> None:
+        """From now on, close each pair as soon as its ``a`` side has finished sending.
+
+        For the end of a run, when the process behind every ``a`` has gone: ``b``
+        then gets all ``a`` sent and its end of file, and ``a`` a reset, for nothing
+        can reach it any more; a peer that keeps its side open but idle (a
+        keep-alive) no longer holds the pair. ``active`` says when all have ended.
+        """
+        self._ending = True
         self._wake()
 
     def close(self) -> None:
@@ -324,6 +336,9 @@ class SplicePump:
                 self._epoll.register(sock.fileno(), 0)
                 pair.registered.add(sock)
             self._service(pair)
+        if self._ending:  # pairs whose a side finished earlier wait for nothing now
+            for pair in [each for each in self._pairs if each.forward.finished]:
+                self._finish(pair, cut=True)
 
     def _service(
         self, pair: _Pair, sock: socket.socket | None = None, events: int = 0
@@ -344,6 +359,9 @@ class SplicePump:
                 pair.hung_up.add(sock)
         if pair.finished:
             self._finish(pair)
+            return
+        if self._ending and pair.forward.finished:
+            self._finish(pair, cut=True)
             return
         for each in (pair.a, pair.b):
             if not pair.wanted(each):

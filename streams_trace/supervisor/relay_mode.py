@@ -129,7 +129,9 @@ class Relay:
             listener.close()
         if self._pump is not None:
             # The program may have written its last bytes just before it ended: let the
-            # pump carry what the sockets still hold (pairs with a dead side end fast).
+            # pump carry what the sockets still hold. Its side of each pair (a) is over;
+            # the far side may keep an idle connection open, and is not waited for.
+            self._pump.end_when_sent()
             deadline = time.monotonic() + DRAIN_TIMEOUT
             while self._pump.active and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -521,7 +523,7 @@ class RelayConnect(ConnectRedirect):
             self.relay.relayed += 1
             local = conn.getsockname()
             self._log(f"{outcome}, relayed through {_text(local)}")
-            self.relay.pump.add(conn, access, self._pair_done)
+            self.relay.pump.add(conn, access, self._pair_done)  # the program's side first
 
         def give_up() -> None:
             self.loop.unwatch(entry)
@@ -679,7 +681,7 @@ class ListenerRelay(Operation):
         self.owner.redirected += 1
         self.relay.relayed += 1
         self._log(f"{outcome}, relayed to the program at {private} from {_text(local)}")
-        self.relay.pump.add(conn, inner, self._pair_done)
+        self.relay.pump.add(inner, conn, self._pair_done)  # the program's side first
 
     def _fail(self, outcome: str) -> None:
         self.finished = True
@@ -698,7 +700,7 @@ class ListenerRelay(Operation):
             return
         self.handshake_done(False, "handshake timed out")
 
-    def _pair_done(self, to_program: int, to_access: int, reset: bool) -> None:
+    def _pair_done(self, to_access: int, to_program: int, reset: bool) -> None:
         # Not accepted by the program, it can never be now: forget its source address,
         # or a local process that bound it next would be let in unauthenticated.
         # (Only our own entry: a new connection may have the same source port by now.)
