@@ -4,8 +4,10 @@ The whole streams-run suite (test_run.py) already runs in both data paths; these
 tests cover the relay's own parts: the program's sockaddr buffer is left alone
 (it is read-only here), an intruder on the private port never reaches a
 listening program, killing the supervisor ends the pump helper, and the
-supervisor keeps no file descriptor after many relayed connections, and 1000
-connections open at once all arrive intact.
+supervisor keeps no file descriptor after many relayed connections, 1000
+connections open at once all arrive intact, streams-run ends with its program
+though a peer keeps a connection open, and a dual-stack server works where IPv6
+is disabled.
 """
 
 from __future__ import annotations
@@ -450,3 +452,51 @@ def test_a_client_that_exits_does_not_wait_for_a_server_that_keeps_the_connectio
             if client.poll() is None:
                 client.kill()
                 client.communicate()
+
+
+DUAL_STACK_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
+s.listen()
+print("listening", flush=True)
+conn, _ = s.accept()
+conn.sendall(b"echo:" + conn.makefile("rb").readline())
+"""
+
+# Runs in the private network: the server under streams-run, then one authenticated
+# connection to it over IPv4, as the listener access point makes it.
+IPV6_OFF_DRIVER = """
+import socket, subprocess, sys
+from streams_trace import conf
+from streams_trace.handshake import Connector
+from streams_trace.lan import handshake_blocking
+tunnel_id, config_dir, port, server = sys.argv[1:5]
+run = subprocess.Popen([sys.executable, "-c", "from streams_trace.cli.run import main; main()",
+                        "--config-dir", config_dir, "--data-path", "relay", tunnel_id,
+                        sys.executable, server, port], stdout=subprocess.PIPE, text=True)
+assert run.stdout.readline() == "listening\\n"
+with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as c:
+    handshake_blocking(c, Connector(conf.load(tunnel_id, config_dir).secret, tunnel_id, timeout=5))
+    c.sendall(b"over ipv4\\n")
+    print(c.recv(100).decode(), end="")
+sys.exit(run.wait(timeout=30))
+"""
+
+
+def test_a_dual_stack_server_where_ipv6_is_disabled(tunnel: Gateway, tmp_path: Path) -> None:
+    """IPv6 off (sysctl disable_ipv6), a server binds [::] and serves IPv4 on it: the
+    private port cannot be ::1 there, and becomes 127.0.0.1 on the program's dual-stack
+    socket. In a private network namespace."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare(1) and ip(8) for a private network")
+    (tmp_path / "server.py").write_text(DUAL_STACK_SERVER)
+    (tmp_path / "driver.py").write_text(IPV6_OFF_DRIVER)
+    script = ("ip link set lo up && sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+              "net.ipv6.conf.lo.disable_ipv6=1 || exit 99; "
+              f"exec {sys.executable} {tmp_path}/driver.py {tunnel.tunnel_id} "
+              f"{tunnel.listener_dir} {tunnel.listener_port} {tmp_path}/server.py")
+    process = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True,
+                             text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert (process.returncode, process.stdout) == (0, "echo:over ipv4\n"), process.stderr

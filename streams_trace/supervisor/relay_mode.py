@@ -27,6 +27,7 @@ program the first time it needs one), cut into slots, one per syscall in flight.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import mmap
 import os
@@ -83,16 +84,30 @@ class Scratch:
         self.free.pop(tgid, None)
 
 
+@functools.cache
+def _ipv6_loopback_usable() -> bool:
+    """Whether ::1 can be bound here: not where IPv6 is disabled (by sysctl, or at boot)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 def loopback_for(address: SockAddr, port: int) -> SockAddr:
-    """A loopback sockaddr of the same kind as ``address`` (v4-mapped stays v4-mapped)."""
-    if address.family == socket.AF_INET6 and not address.mapped:
+    """A loopback sockaddr of the same kind as ``address`` (v4-mapped stays v4-mapped).
+
+    Where IPv6 is disabled an IPv6 socket can still be dual-stack (a server binding
+    [::] serves IPv4), so its twin is then 127.0.0.1, v4-mapped, instead of ::1."""
+    if address.family == socket.AF_INET6 and not address.mapped and _ipv6_loopback_usable():
         return SockAddr(socket.AF_INET6, "::1", port)
     return SockAddr(address.family, "127.0.0.1", port, mapped=address.family == socket.AF_INET6)
 
 
 def own_socket_for(address: SockAddr) -> socket.socket:
     """A supervisor socket that can listen on or connect to ``address``'s loopback twin."""
-    if address.family == socket.AF_INET6 and not address.mapped:
+    if loopback_for(address, 0).host == "::1":
         return socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
