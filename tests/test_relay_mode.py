@@ -500,3 +500,62 @@ def test_a_dual_stack_server_where_ipv6_is_disabled(tunnel: Gateway, tmp_path: P
     process = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True,
                              text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert (process.returncode, process.stdout) == (0, "echo:over ipv4\n"), process.stderr
+
+
+def test_a_connection_between_bind_and_listen_waits_for_the_listen(tunnel: Gateway) -> None:
+    """The program has bound the tunnel's port but not listened yet: a tunnel connection
+    that comes then is taken once it listens, not reset."""
+    from streams_trace.client import connect_with_conf
+
+    server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, sys.executable,
+                         str(PROGRAMS / "odd_server.py"), "slow-listen",
+                         str(tunnel.listener_port), options=RELAY, stdin=subprocess.PIPE)
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        assert server.stdout.readline() == "bound\n"
+        with connect_with_conf(confmod.load(tunnel.tunnel_id, tunnel.initiator_dir)) as client:
+            client.settimeout(20)
+            client.sendall(b"early\n")
+            time.sleep(0.5)  # it reaches the supervisor, and finds nobody listening yet
+            server.stdin.write("listen\n")
+            server.stdin.flush()
+            assert client.recv(100) == b"echo:early\n"
+        code, _, err = finish(server)
+        assert code == 0, err
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
+def test_a_closed_listening_socket_gives_the_port_back(tunnel: Gateway) -> None:
+    """The program closes its listening socket and goes on: a tunnel connection then
+    fails visibly (a reset, not an empty reply), and the supervisor lets go of the
+    port, as the program did."""
+    from streams_trace.client import connect_with_conf
+
+    server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, sys.executable,
+                         str(PROGRAMS / "odd_server.py"), "stop", str(tunnel.listener_port),
+                         options=(*RELAY, "-d"), stdin=subprocess.PIPE)
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        assert server.stdout.readline() == "listening\n"
+        server.stdin.write("close\n")
+        server.stdin.flush()
+        assert server.stdout.readline() == "closed\n"
+        with connect_with_conf(confmod.load(tunnel.tunnel_id, tunnel.initiator_dir)) as client:
+            client.settimeout(20)
+            client.sendall(b"too late\n")
+            with pytest.raises(ConnectionResetError):
+                client.recv(100)
+        with socket.create_server(tunnel.listener_address):
+            pass  # free again
+        server.stdin.write("exit\n")
+        server.stdin.flush()
+        code, _, err = finish(server)
+        assert code == 0, err
+        assert "no longer listens" in err
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()

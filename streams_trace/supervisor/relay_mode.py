@@ -31,6 +31,7 @@ import functools
 import logging
 import mmap
 import os
+import select
 import selectors
 import socket
 import struct
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..handshake import Acceptor
+from ..relay.pump import close_with_reset
 from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import sockaddr as sa_codec
@@ -154,17 +156,28 @@ class Relay:
 
     def forget_process(self, tgid: int) -> None:
         self.scratch.forget(tgid)
-        for key, listener in list(self.listeners.items()):
-            if listener.owner_tgid != tgid:
-                continue
-            # A child that inherited the program's socket (or the new image after an
-            # exec) may go on accepting on it: the tunnel port stays while one holds it.
-            holder = self._holder_of(listener)
-            if holder is not None:
-                listener.owner_tgid = holder
-                continue
-            listener.close()
-            del self.listeners[key]
+        for listener in list(self.listeners.values()):
+            if listener.owner_tgid == tgid:
+                # A child that inherited the program's socket (or the new image after
+                # an exec) may go on accepting on it.
+                self.still_held(listener)
+
+    def still_held(self, listener: TunnelListener) -> bool:
+        """Whether a traced process still holds the program's socket behind ``listener``.
+
+        The tunnel port stays while one does; when none does, the supervisor closes
+        its listener too, so the port is free again, as the program left it."""
+        holder = self._holder_of(listener)
+        if holder is not None:
+            listener.owner_tgid = holder
+            return True
+        listener.close()
+        if self.listeners.get(listener.key) is listener:
+            del self.listeners[listener.key]
+        for inode in [inode for inode, each in self.listener_of_inode.items()
+                      if each is listener]:
+            del self.listener_of_inode[inode]
+        return False
 
     def _holder_of(self, listener: TunnelListener) -> int | None:
         """A traced process that still holds the program's socket behind ``listener``."""
@@ -351,7 +364,7 @@ class Relay:
         if kind != socket.SOCK_STREAM:
             self.tracer.resume(task)
             return
-        key = (local.family, local.host, local.port)
+        key = TunnelListener.key_of(local)
         listener = self.listeners.get(key)
         created = listener is None
         if listener is None:
@@ -577,6 +590,7 @@ class TunnelListener:
         self.relay = relay
         self.loop = relay.loop
         self.local = local
+        self.key = self.key_of(local)
         self.owner_tgid = owner_tgid
         self.private: SockAddr | None = None
         sock = socket.socket(socket.AF_INET6 if local.family == socket.AF_INET6
@@ -591,6 +605,11 @@ class TunnelListener:
             raise
         self.sock = sock
         self.loop.watch(sock, selectors.EVENT_READ, self._on_connection)
+
+    @staticmethod
+    def key_of(local: SockAddr) -> tuple[int, str, int]:
+        """Its key in Relay.listeners: one listener per address the program binds."""
+        return (local.family, local.host, local.port)
 
     def _on_connection(self) -> None:
         while True:
@@ -663,34 +682,51 @@ class ListenerRelay(Operation):
         if private is None:
             self._fail(outcome + ", but the program has no private port")
             return
-        inner = own_socket_for(private)
+        inner = self.inner = own_socket_for(private)
         inner.setblocking(False)
         try:
             inner.bind(sa_codec.python_address(loopback_for(private, 0), inner.family))
-            local = sa_codec.address_key(inner.getsockname())
-            self.relay.expected_peers[local] = self
+            self.inner_address = sa_codec.address_key(inner.getsockname())
+            self.relay.expected_peers[self.inner_address] = self
             error = inner.connect_ex(sa_codec.python_address(private, inner.family))
         except OSError as exc:
-            inner.close()
+            self._drop_inner()
             self._fail(f"{outcome}, but the private port failed: {exc}")
             return
-        if error not in (0, errno.EINPROGRESS):
-            self.relay.expected_peers.pop(local, None)
-            inner.close()
-            if error == errno.ECONNREFUSED and time.monotonic() + PRIVATE_CONNECT_RETRY \
-                    < self.deadline:
+        # A loopback connect is settled by the time connect returns, though it says
+        # EINPROGRESS: look now, and wait only when it really is still on its way.
+        if error == errno.EINPROGRESS and _writable_now(inner):
+            error = inner.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error == errno.EINPROGRESS:
+            self.loop.watch(inner, selectors.EVENT_WRITE, lambda: self._inner_settled(
+                outcome, inner.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+            return
+        self._inner_settled(outcome, error)
+
+    def _inner_settled(self, outcome: str, error: int) -> None:
+        """The connect to the program's private port succeeded (0) or failed (errno)."""
+        inner, local, private = self.inner, self.inner_address, self.listener.private
+        assert inner is not None and local is not None
+        self.loop.unwatch(inner)
+        if error:
+            self._drop_inner()
+            if error != errno.ECONNREFUSED:
+                self._fail(f"{outcome}, but the program's private port {private} failed: "
+                           f"{os.strerror(error)}")
+            elif not self.relay.still_held(self.listener):
+                self._fail(f"{outcome}, but the program no longer listens on "
+                           f"{self.listener.local}; the supervisor lets go of it too")
+            elif time.monotonic() + PRIVATE_CONNECT_RETRY < self.deadline:
                 # Bound but not listening yet: try again shortly.
                 self.inner_timer = self.loop.call_at(time.monotonic() + PRIVATE_CONNECT_RETRY,
                                                      lambda: self._connect_inner(outcome))
-                return
-            self._fail(f"{outcome}, but the program's private port {private} refused: "
-                       f"{os.strerror(error)}")
+            else:
+                self._fail(f"{outcome}, but the program never listened on its private "
+                           f"port {private}")
             return
-        self.inner = inner
-        self.inner_address = local
         self.finished = True
         conn = self.sock
-        self.sock = None
+        self.sock = self.inner = None  # the pump's now
         self._release()
         assert conn is not None
         self.owner.redirected += 1
@@ -698,9 +734,26 @@ class ListenerRelay(Operation):
         self._log(f"{outcome}, relayed to the program at {private} from {_text(local)}")
         self.relay.pump.add(inner, conn, self._pair_done)  # the program's side first
 
+    def _drop_inner(self) -> None:
+        """Give up the connection to the private port (it failed, or never came)."""
+        if self.inner is not None:
+            self.loop.unwatch(self.inner)
+            self.inner.close()
+            self.inner = None
+        if self.inner_address is not None and \
+                self.relay.expected_peers.get(self.inner_address) is self:
+            del self.relay.expected_peers[self.inner_address]
+        self.inner_address = None
+
     def _fail(self, outcome: str) -> None:
         self.finished = True
         self.owner.refused += 1
+        if self.accepted is not None and self.sock is not None:
+            # The far side passed the handshake: an orderly end would pass for a
+            # complete, empty reply.
+            self.loop.unwatch(self.sock)
+            close_with_reset(self.sock)
+            self.sock = None
         self._release()
         self._log(outcome)
 
@@ -708,6 +761,7 @@ class ListenerRelay(Operation):
         if self.inner_timer is not None:
             self.inner_timer.cancel()
             self.inner_timer = None
+        self._drop_inner()
         if self.accepted is not None:
             # The handshake is done; the program's private port never took the connection.
             self._fail(f"{self.accepted}, but the connect to the program's private port "
@@ -728,6 +782,12 @@ class ListenerRelay(Operation):
     def _log(self, outcome: str) -> None:
         log.debug("accept fd %d of the relay on %s from %s: %s in %s", self.fd,
                   self.listener.local, self.peer, outcome, self.elapsed_ms())
+
+
+def _writable_now(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))
 
 
 def _text(address: tuple) -> str:
