@@ -35,6 +35,7 @@ import select
 import selectors
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -114,6 +115,34 @@ def own_socket_for(address: SockAddr) -> socket.socket:
     return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
+class ExpectedPeers:
+    """Source address of each connection the supervisor made to a private port -> its
+    operation: a relayed listening program's accept lets in only these.
+
+    Shared with the pump's thread, which forgets a pair's entry when it ends (a lock:
+    between its look and its removal, the loop may give the same source port to a
+    new connection, whose entry must stay)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._peers: dict[tuple[str, int], object] = {}
+
+    def add(self, source: tuple[str, int], owner: object) -> None:
+        with self._lock:
+            self._peers[source] = owner
+
+    def take(self, source: tuple[str, int]) -> bool:
+        """Whether ``source`` is expected; an accepted connection is expected once."""
+        with self._lock:
+            return self._peers.pop(source, None) is not None
+
+    def forget(self, source: tuple[str, int], owner: object) -> None:
+        """Drop ``owner``'s entry, and not one that came since for the same address."""
+        with self._lock:
+            if self._peers.get(source) is owner:
+                del self._peers[source]
+
+
 class Relay:
     """The relay-mode half of the policy; the Redirector hands it stopped syscalls."""
 
@@ -126,11 +155,7 @@ class Relay:
         self._pump: Pump | None = None
         self.listeners: dict[tuple[int, str, int], TunnelListener] = {}
         self.listener_of_inode: dict[int, TunnelListener] = {}
-        # Local addresses of the supervisor's connections to private ports: the only
-        # connections a relayed listening program may accept.
-        # Source address of each connection the supervisor made to a private port -> its
-        # operation: the program's accept lets in only these.
-        self.expected_peers: dict[tuple[str, int], ListenerRelay] = {}
+        self.expected_peers = ExpectedPeers()
         self.socket_types: dict[int, int] = {}  # socket inode -> SO_TYPE, just learned
         self.relayed = 0
 
@@ -429,7 +454,7 @@ class Relay:
                 pt.write_memory(task.tid, address_pointer, raw[:room])
                 pt.write_memory(task.tid, length_pointer, struct.pack("=I", length))
             peer = sa_codec.decode(raw)
-            if peer is not None and self.expected_peers.pop(peer.key, None) is not None:
+            if peer is not None and self.expected_peers.take(peer.key):
                 self.tracer.resume(task)
                 return
             log.debug("accept fd %d of process %d: a connection from %s did not come "
@@ -687,7 +712,7 @@ class ListenerRelay(Operation):
         try:
             inner.bind(sa_codec.python_address(loopback_for(private, 0), inner.family))
             self.inner_address = sa_codec.address_key(inner.getsockname())
-            self.relay.expected_peers[self.inner_address] = self
+            self.relay.expected_peers.add(self.inner_address, self)
             error = inner.connect_ex(sa_codec.python_address(private, inner.family))
         except OSError as exc:
             self._drop_inner()
@@ -740,9 +765,8 @@ class ListenerRelay(Operation):
             self.loop.unwatch(self.inner)
             self.inner.close()
             self.inner = None
-        if self.inner_address is not None and \
-                self.relay.expected_peers.get(self.inner_address) is self:
-            del self.relay.expected_peers[self.inner_address]
+        if self.inner_address is not None:
+            self.relay.expected_peers.forget(self.inner_address, self)
         self.inner_address = None
 
     def _fail(self, outcome: str) -> None:
@@ -773,9 +797,8 @@ class ListenerRelay(Operation):
         # Not accepted by the program, it can never be now: forget its source address,
         # or a local process that bound it next would be let in unauthenticated.
         # (Only our own entry: a new connection may have the same source port by now.)
-        if self.inner_address is not None and \
-                self.relay.expected_peers.get(self.inner_address) is self:
-            self.relay.expected_peers.pop(self.inner_address, None)
+        if self.inner_address is not None:
+            self.relay.expected_peers.forget(self.inner_address, self)
         log.debug("relayed connection from %s ended: %d bytes in, %d out%s", self.peer,
                   to_program, to_access, ", reset" if reset else "")
 
