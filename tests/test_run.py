@@ -867,6 +867,19 @@ def test_a_tcp_connect_to_a_nameserver_is_left_alone(tunnel: Gateway) -> None:
     assert (code, out) == (0, "answer:query\n"), err
 
 
+def test_the_tunnel_address_works_without_a_lookup(tunnel: Gateway, echo: EchoListener) -> None:
+    """Where the name cannot resolve (DNS over TCP only: options use-vc), the address the
+    responder gives globus.<TUNNEL_ID>, as the man page says, is redirected all the same."""
+    from streams_trace.supervisor.redirect import FAKE_NETWORK
+
+    _, port = fake_contact(tunnel)
+    address = str(next(FAKE_NETWORK.hosts()))
+    assert address == "127.240.83.1"  # the man page names it
+    code, out, err = initiator_run(tunnel, sys.executable, str(PROGRAMS / "echo_client.py"),
+                                   address, port)
+    assert (code, out) == (0, "echo:hello python\n"), err
+
+
 def private_nameserver(tmp_path: Path, options: str = "",
                        **serving: bool) -> tuple[TinyNameserver, Path]:
     """Our nameserver, and a resolv.conf naming it for ``run_with_resolv``."""
