@@ -762,6 +762,31 @@ def test_fallback_without_seccomp_still_redirects(tunnel: Gateway, echo: EchoLis
     assert "no seccomp filter (disabled)" in err and "every system call" in err
 
 
+# io_uring_setup(8, params): the ring's descriptor, or the errno's name.
+IO_URING_SETUP = (
+    "import ctypes, errno\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "libc.syscall.restype = ctypes.c_long\n"
+    "params = ctypes.create_string_buffer(120)\n"
+    "fd = libc.syscall(425, 8, params)\n"
+    "print('ring' if fd >= 0 else errno.errorcode[ctypes.get_errno()])\n")
+
+
+@pytest.mark.parametrize("seccomp_mode", ["on", "off"])
+def test_io_uring_is_refused_as_if_the_kernel_had_none(tunnel: Gateway, seccomp_mode: str) -> None:
+    """io_uring's connect and accept never pass the filter or the tracer, so they would
+    bypass the redirect and the listener's handshake: io_uring_setup says ENOSYS, and
+    programs (liburing's users, tokio) fall back to the ordinary calls. Also without a
+    filter, where every system call stops."""
+    native = subprocess.run([sys.executable, "-c", IO_URING_SETUP], capture_output=True,
+                            text=True, timeout=30)
+    if native.stdout != "ring\n":
+        pytest.skip(f"io_uring is not available here: {native.stdout.strip()}")
+    code, out, err = initiator_run(tunnel, sys.executable, "-c", IO_URING_SETUP,
+                                   env={"STREAMS_TRACE_SECCOMP": seccomp_mode})
+    assert (code, out) == (0, "ENOSYS\n"), err
+
+
 def test_streams_trace_run_is_the_same_command(tunnel: Gateway) -> None:
     process = subprocess.run(
         [sys.executable, "-m", "streams_trace", "run", "--config-dir", str(tunnel.initiator_dir),

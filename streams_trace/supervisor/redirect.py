@@ -53,6 +53,10 @@ log = logging.getLogger("streams_trace.run")
 # that somehow escaped the redirect reaches nothing outside this node.
 FAKE_NETWORK = ipaddress.IPv4Network("127.240.83.0/24")
 DNS_PORT = 53
+# Refused with ENOSYS, as by a kernel without them: io_uring's connect and accept run
+# in the kernel, past any seccomp filter or tracer, so they would bypass the redirect
+# (and the listener's handshake). Programs then use the ordinary calls.
+REFUSED_SYSCALLS = ("io_uring_setup",)
 # Daemons that look names up for glibc outside the program, where the tunnel's names are
 # unknown (and would leak to the real DNS): nscd, and systemd-resolved for nss-resolve.
 # Refused, glibc resolves in the program itself, through the tunnel's responder.
@@ -95,6 +99,8 @@ class Redirector:
             numbers["sendto"]: self.on_sendto,
             numbers["recvfrom"]: self.on_recvfrom,
         }
+        for name in REFUSED_SYSCALLS:  # without a filter, every syscall stops here
+            self.handlers[numbers[name]] = self._refuse
         self.syscall_names = {numbers[name]: name for name in
                               ("connect", "bind", "accept", "accept4")}  # for log lines
         self.pidfds: dict[int, int] = {}
@@ -153,6 +159,9 @@ class Redirector:
             handler(task, nr, args)
         except OSError as exc:
             self._failed(TracedCall(self.tracer, task), nr, args, exc)
+
+    def _refuse(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        self.tracer.complete(task, -errno.ENOSYS)
 
     def on_notified(self, call: NotifiedCall, nr: int, args: tuple[int, ...]) -> None:
         """A connect held by user notification (the filter notifies for nothing else)."""

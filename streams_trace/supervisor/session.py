@@ -17,7 +17,7 @@ from ..trace.signalfd import SignalFd
 from . import SUPERVISOR_FAILED, launch
 from .loop import Loop
 from .notify import Notifier
-from .redirect import Redirector, Settings
+from .redirect import REFUSED_SYSCALLS, Redirector, Settings
 from .tracer import FORWARDED_SIGNALS, OPTIONS, SI_KERNEL, SI_USER, Tracer
 
 log = logging.getLogger("streams_trace.run")
@@ -76,12 +76,12 @@ def run(
     tracer = Tracer(loop)
     redirector = Redirector(tracer, loop, settings)
     tracer.policy = redirector
-    program = seccomp.build(RULES) if use_seccomp else None
+    program = seccomp.build(RULES, refuse=REFUSED_SYSCALLS) if use_seccomp else None
     # The direct path's connects need no registers: user notification holds them
     # without a ptrace stop. Relay mode rewrites the connect's arguments, so it stops.
     notify_program = None
     if program is not None and settings.data_path == "direct" and seccomp_mode != "trace":
-        notify_program = seccomp.build(RULES, notify={"connect"})
+        notify_program = seccomp.build(RULES, notify={"connect"}, refuse=REFUSED_SYSCALLS)
 
     def before_exec(pid: int, installed: bool, reason: str) -> None:
         if not installed:

@@ -45,6 +45,7 @@ X86_64 = Arch(
         "tgkill": 234,
         "accept4": 288,
         "seccomp": 317,
+        "io_uring_setup": 425,
     },
 )
 
@@ -65,6 +66,7 @@ AARCH64 = Arch(
         "tgkill": 131,
         "accept4": 242,
         "seccomp": 277,
+        "io_uring_setup": 425,
     },
 )
 

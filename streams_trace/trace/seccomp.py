@@ -78,11 +78,12 @@ Program = list[tuple[int, int, int, int]]
 
 
 def build(rules: Iterable[Rule], arch: archmod.Arch | None = None,
-          notify: Collection[str] = ()) -> Program:
+          notify: Collection[str] = (), refuse: Collection[str] = ()) -> Program:
     """The filter program as (code, jt, jf, k) tuples, jumps resolved.
 
     Syscalls named in ``notify`` return SECCOMP_RET_USER_NOTIF instead of
-    SECCOMP_RET_TRACE (only for a plain rule, without an argument check).
+    SECCOMP_RET_TRACE (only for a plain rule, without an argument check); those
+    named in ``refuse`` fail with ENOSYS, as on a kernel without them.
     """
     arch = arch or archmod.native()
     rules = list(rules)
@@ -104,6 +105,8 @@ def build(rules: Iterable[Rule], arch: archmod.Arch | None = None,
         else:
             target = "notify" if rule.name in notify else "trace"
         emit(BPF_JMP | BPF_JEQ | BPF_K, arch.number(rule.name), target, 0)
+    for name in refuse:
+        emit(BPF_JMP | BPF_JEQ | BPF_K, arch.number(name), "refuse", 0)
     emit(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)  # no rule matched
     # BPF jumps go forward only: the argument checks come before the shared returns.
     for i, rule in enumerate(rules):
@@ -120,6 +123,8 @@ def build(rules: Iterable[Rule], arch: archmod.Arch | None = None,
     emit(BPF_RET | BPF_K, SECCOMP_RET_TRACE | DATA_REDIRECT)
     labels["notify"] = len(program)
     emit(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF)
+    labels["refuse"] = len(program)
+    emit(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | errno.ENOSYS)
     labels["foreign"] = len(program)
     emit(BPF_RET | BPF_K, SECCOMP_RET_TRACE | DATA_FOREIGN_ARCH)
 
