@@ -694,6 +694,24 @@ def test_a_signal_to_the_whole_process_group_arrives_once(tunnel: Gateway, built
     assert (code, out) == (0, "1\n"), err
 
 
+def test_signals_that_come_as_the_program_exits_leave_its_status(tunnel: Gateway) -> None:
+    """SIGUSR1 sent to streams-run again and again while the program, which ignores it,
+    exits 0: those that come as streams-run ends are for a program that has gone, not a
+    reason for streams-run to die of them (it used to exit by SIGUSR1)."""
+    for _ in range(3):
+        process = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, "sh", "-c",
+                              "trap '' USR1; echo ready; sleep 0.3")
+        assert process.stdout is not None
+        assert process.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 20
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGUSR1)
+            time.sleep(0.0005)
+        code, _, err = finish(process, 5)
+        assert code == 0, err
+
+
 def test_a_terminal_hang_up_reaches_the_program(tunnel: Gateway) -> None:
     """ssh -t host streams-run ...: the shell exec'd streams-run, which leads the session,
     and a hang-up goes to the session leader alone."""

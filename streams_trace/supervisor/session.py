@@ -134,13 +134,17 @@ def run(
                 pass
 
     loop.watch(signals, selectors.EVENT_READ, on_signals)
+    ended = False
     try:
         tracer.reap()
         loop.run()
+        ended = True
     finally:
         redirector.close()
         loop.unwatch(signals)
-        signals.close()
+        # Once the program has gone, streams-run's last act is to exit with its status:
+        # a signal for the program that comes now must not replace that status.
+        signals.close(ignore=FORWARDED_SIGNALS if ended else ())
     log.debug("supervisor: %d connections put on the tunnel, %d refused",
               redirector.redirected, redirector.refused)
     if tracer.failure is not None:

@@ -10,6 +10,7 @@ import ctypes
 import os
 import signal
 import struct
+from collections.abc import Collection
 
 
 class SignalFd:
@@ -47,6 +48,16 @@ class SignalFd:
             )
         ]
 
-    def close(self) -> None:
+    def close(self, ignore: Collection[int] = ()) -> None:
+        """Unblock the signals again, discarding those still pending.
+
+        The signals in ``ignore`` are ignored from now on: once the program has gone,
+        such a signal (still pending, or sent in the moments before this process
+        exits) would end it by its default action, with the signal's status instead
+        of the program's."""
+        for number in ignore:
+            signal.signal(number, signal.SIG_IGN)
+        while self.read():
+            pass
         os.close(self.fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, self.previous_mask)
