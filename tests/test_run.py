@@ -591,7 +591,7 @@ def test_other_destinations_are_left_alone(tunnel: Gateway, c_client: Path) -> N
         (["sh", "-c", "exit 7"], 7),
         (["sh", "-c", "kill -TERM $$"], 128 + signal.SIGTERM),
         (["/nonexistent/program"], 127),
-        (["/etc/hostname"], 126),
+        (["/dev/null"], 126),  # not executable
     ],
     ids=["own-status", "killed-by-signal", "not-found", "not-executable"],
 )
@@ -710,6 +710,29 @@ def test_signals_that_come_as_the_program_exits_leave_its_status(tunnel: Gateway
             time.sleep(0.0005)
         code, _, err = finish(process, 5)
         assert code == 0, err
+
+
+def test_an_executable_script_without_a_shebang_runs_with_sh(tunnel: Gateway,
+                                                             tmp_path: Path) -> None:
+    """As execvp(3), env(1) and the shells run it (globus-streams-launch.sh runs its
+    command with bash's exec)."""
+    script = tmp_path / "no-shebang"
+    script.write_text('echo "ran with $1"\n')
+    script.chmod(0o755)
+    code, out, err = initiator_run(tunnel, str(script), "an argument")
+    assert (code, out) == (0, "ran with an argument\n"), err
+
+
+def test_ignored_job_control_signals_stay_ignored(tunnel: Gateway) -> None:
+    """A caller that ignores SIGTTOU (and so SIGTSTP, SIGTTIN) passes that on to the
+    program, as exec does; streams-run used to reset them to their default."""
+    process = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, "grep", "SigIgn",
+                          "/proc/self/status",
+                          preexec_fn=lambda: signal.signal(signal.SIGTTOU, signal.SIG_IGN))
+    code, out, err = finish(process)
+    assert code == 0, err
+    ignored = int(out.split()[1], 16)
+    assert ignored & 1 << (signal.SIGTTOU - 1), out
 
 
 def test_a_terminal_hang_up_reaches_the_program(tunnel: Gateway) -> None:

@@ -28,9 +28,10 @@ from ..trace.usernotify import (
     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
 )
 
-# Signals Python sets to SIG_IGN at start-up or that the supervisor ignores; exec
-# keeps SIG_IGN, so the child puts them back before the program starts.
-RESTORE_DEFAULT = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+# Signals Python sets to SIG_IGN at start-up; exec keeps SIG_IGN, so the child puts
+# them back before the program starts. (What the caller had is lost; the default is
+# what nearly every caller has.) Others keep the disposition streams-run inherited.
+RESTORE_DEFAULT = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 @dataclass
@@ -112,7 +113,7 @@ def spawn(
             os.read(go_read, 1)  # the parent is ready for what the report said
             os.close(go_read)
             signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # the program's own
-            os.execvpe(argv[0], list(argv), env)
+            _exec(argv, env)
         except (OSError, ValueError) as exc:  # ValueError: an empty command name
             code = 127 if isinstance(exc, ValueError) or exc.errno == errno.ENOENT else 126
             try:
@@ -155,6 +156,18 @@ def spawn(
         os.write(go_write, b"g")
         os.close(go_write)
     return child
+
+
+def _exec(argv: Sequence[str], env: dict[str, str]) -> None:
+    """execvpe, and as execvp(3), env(1) and the shells do: a file the kernel cannot
+    run (an executable script without a #! line) runs as a /bin/sh script."""
+    try:
+        os.execvpe(argv[0], list(argv), env)
+    except OSError as exc:
+        script = shutil.which(argv[0], path=env.get("PATH", os.defpath))
+        if exc.errno != errno.ENOEXEC or script is None:
+            raise
+        os.execve("/bin/sh", ["/bin/sh", script, *argv[1:]], env)
 
 
 def _exec_failure(command: str, env: dict[str, str], exc: OSError | ValueError) -> bytes:
