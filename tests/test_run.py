@@ -844,6 +844,22 @@ def test_a_32bit_system_call_is_refused_loudly(tunnel: Gateway, built: Path) -> 
     code, out, err = initiator_run(tunnel, str(program), "int80")
     assert code == 125 and out == "", err
     assert "foreign ABI" in err and err.count("\n") == 1
+    for seccomp_mode in ("on", "off"):  # also where every system call stops
+        code, out, err = initiator_run(tunnel, str(program), "x32",
+                                       env={"STREAMS_TRACE_SECCOMP": seccomp_mode})
+        assert code == 125 and out == "", err
+        assert "through the x32 ABI" in err and err.count("\n") <= 2  # and "no filter"
+
+
+def test_a_system_call_number_that_is_none_says_enosys(tunnel: Gateway, built: Path) -> None:
+    """syscall(-1) is no call at all (some programs probe with it): ENOSYS, as without
+    streams-run, not a stop for a "foreign ABI"."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    program = built / "syscalls"
+    subprocess.run(["gcc", "-O2", "-o", str(program), str(PROGRAMS / "syscalls.c")], check=True)
+    code, out, err = initiator_run(tunnel, str(program), "nosys")
+    assert (code, out) == (0, "syscall(-1) returned -1: Function not implemented\n"), err
 
 
 def test_start_up_does_not_import_globus_sdk(tunnel: Gateway) -> None:

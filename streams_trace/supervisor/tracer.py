@@ -388,7 +388,7 @@ class Tracer:
             callback(info)
             return
         if info.op == pt.PTRACE_SYSCALL_INFO_ENTRY and self.stop_every_syscall:
-            if info.arch != self.arch.audit_arch:
+            if info.arch != self.arch.audit_arch or self.arch.is_x32(info.nr):
                 self._refuse_foreign(task, info)
                 return
             assert self.policy is not None
@@ -397,11 +397,12 @@ class Tracer:
         self.resume(task)
 
     def _refuse_foreign(self, task: Task, info: pt.SyscallInfo) -> None:
+        abi = ("the x32 ABI" if info.arch == self.arch.audit_arch else
+               f"a foreign ABI (audit arch {info.arch:#x}, not {self.arch.name})")
         self.kill_process(
             task,
-            f"process {task.tgid} made a system call through a foreign ABI (audit arch "
-            f"{info.arch:#x}, not {self.arch.name}); 32-bit and x32 programs cannot be put on "
-            f"the tunnel by streams-run, so it was stopped",
+            f"process {task.tgid} made a system call through {abi}; 32-bit and x32 programs "
+            f"cannot be put on the tunnel by streams-run, so it was stopped",
         )
         self.resume(task)
 

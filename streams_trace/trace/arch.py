@@ -27,6 +27,11 @@ class Arch:
     def number(self, name: str) -> int:
         return self.syscalls[name]
 
+    def is_x32(self, number: int) -> bool:
+        """Whether ``number`` is an x32-ABI call (x86_64 only; a negative one is none)."""
+        return (self.audit_arch == AUDIT_ARCH_X86_64
+                and X32_SYSCALL_BIT <= number & 0xFFFFFFFF < 0x80000000)
+
 
 X86_64 = Arch(
     name="x86_64",

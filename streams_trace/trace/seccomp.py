@@ -98,6 +98,9 @@ def build(rules: Iterable[Rule], arch: archmod.Arch | None = None,
     emit(BPF_JMP | BPF_JEQ | BPF_K, arch.audit_arch, 0, "foreign")
     emit(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_NR)
     if arch.audit_arch == archmod.AUDIT_ARCH_X86_64:
+        # A negative number (syscall(-1)) is no call at all: the kernel says ENOSYS.
+        # Below that, the x32 bit marks the x32 ABI.
+        emit(BPF_JMP | BPF_JGE | BPF_K, 0x80000000, "allow", 0)
         emit(BPF_JMP | BPF_JGE | BPF_K, archmod.X32_SYSCALL_BIT, "foreign", 0)
     for i, rule in enumerate(rules):
         if rule.nonzero_arg is not None:

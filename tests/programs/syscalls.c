@@ -4,11 +4,14 @@
  *   syscalls open N PATH    N open()+read()+close() of PATH (an open-heavy program)
  *   syscalls connect N      N UDP connect()s to 127.0.0.1:9 (stopped, but not redirected)
  *   syscalls int80          one 32-bit system call from a 64-bit program
+ *   syscalls x32            one x32-ABI system call (getpid with the x32 bit)
+ *   syscalls nosys          syscall(-1), which is no system call: says its errno
  *
  * Prints the seconds the loop took (its own clock, so start-up is not counted).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -31,6 +34,15 @@ int main(int argc, char **argv) {
         /* i386 getpid is 20: a foreign-ABI syscall the filter must not let through. */
         __asm__ volatile("int $0x80" : "=a"(pid) : "a"(20) : "memory");
         printf("int80 returned %ld\n", pid);
+        return 0;
+    }
+    if (argc >= 2 && strcmp(argv[1], "x32") == 0) {
+        printf("x32 returned %ld\n", syscall(0x40000000 | SYS_getpid));
+        return 0;
+    }
+    if (argc >= 2 && strcmp(argv[1], "nosys") == 0) {
+        long result = syscall(-1);
+        printf("syscall(-1) returned %ld: %s\n", result, strerror(errno));
         return 0;
     }
     if (argc < 3) { fprintf(stderr, "usage: syscalls getppid|open|connect N [PATH]\n"); return 2; }
