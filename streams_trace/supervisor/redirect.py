@@ -197,6 +197,11 @@ class Redirector:
         """
         numbers = self.tracer.arch.syscalls
         result: int | None = None
+        if exc.errno == errno.EFAULT and nr in (numbers["bind"], numbers["connect"]):
+            # The program's address argument points at nothing: what the kernel says.
+            log.debug("%s of process %d: bad address", self.syscall_names[nr], task.tgid)
+            task.complete(-errno.EFAULT)
+            return
         if nr in (numbers["accept"], numbers["accept4"]):
             if self._is_tunnel_listener(task, args[0]):
                 result = -errno.ECONNABORTED  # accept(2): "retry", as after a reset peer

@@ -262,7 +262,12 @@ def read_memory_at(memory: int, address: int, size: int) -> bytes:
     """Read ``size`` bytes at ``address`` through an ``open_memory`` descriptor."""
     if not 0 < address < 1 << 63:
         raise OSError(errno.EFAULT, f"bad address {address:#x}")
-    data = os.pread(memory, size, address)
+    try:
+        data = os.pread(memory, size, address)
+    except OSError as exc:
+        if exc.errno != errno.EIO:  # EIO: nothing mapped there, the kernel's EFAULT
+            raise
+        data = b""
     if len(data) != size:  # unmapped, or the process's memory is gone
         raise OSError(errno.EFAULT, f"{size} bytes at {address:#x} cannot be read")
     return data

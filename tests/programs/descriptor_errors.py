@@ -1,9 +1,11 @@
 """Misused sockets under streams-run get the kernel's own errors, and nothing hangs.
 
     descriptor_errors.py client HOST PORT   connect twice, then on a closed descriptor,
-                                            then a file to a nameserver's port
+                                            then a file to a nameserver's port, then
+                                            with a bad address argument
     descriptor_errors.py retry HOST PORT    connect, and again on the same socket
-    descriptor_errors.py listener PORT      accept on a closed listening descriptor
+    descriptor_errors.py listener PORT      accept on a closed listening descriptor,
+                                            bind with a bad address argument
 
 Prints one "CALL: ERRNO-NAME" line per misuse (then "echo ok" for the client's
 connection, which must still carry its bytes untouched).
@@ -47,6 +49,9 @@ if sys.argv[1] == "client":
     dns = struct.pack("=HH4s8x", socket.AF_INET, socket.htons(53), socket.inet_aton("127.0.0.1"))
     not_a_socket = os.open(os.devnull, os.O_RDONLY)
     print("connect a file to port 53:", outcome(libc.connect(not_a_socket, dns, len(dns))))
+    with socket.socket() as unmapped:  # an address argument that points at nothing
+        print("connect bad address:", outcome(libc.connect(unmapped.fileno(),
+                                                           ctypes.c_void_p(8), 16)))
 elif sys.argv[1] == "retry":
     address = socket.getaddrinfo(sys.argv[2], int(sys.argv[3]), socket.AF_INET,
                                  socket.SOCK_STREAM)[0][4]
@@ -62,3 +67,5 @@ else:
     fd = listening.detach()
     os.close(fd)
     print("accept closed fd:", outcome(libc.accept(fd, None, None)))
+    with socket.socket() as unmapped:
+        print("bind bad address:", outcome(libc.bind(unmapped.fileno(), ctypes.c_void_p(8), 16)))
