@@ -796,6 +796,29 @@ def test_stop_and_continue(tunnel: Gateway) -> None:
     assert (code, out) == (0, "done\n"), err
 
 
+def test_kill_tstp_then_kill_cont_to_streams_run(tunnel: Gateway) -> None:
+    """kill -TSTP to streams-run stops the program (and streams-run with it); kill -CONT
+    to streams-run resumes both: the program runs to its end."""
+    process = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, sys.executable, "-c",
+                          TICKER)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "tick 0\n"
+    program = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
+
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    process.send_signal(signal.SIGTSTP)
+    deadline = time.monotonic() + 10
+    while state(program) not in ("T", "t") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert state(program) in ("T", "t")
+    time.sleep(0.3)
+    process.send_signal(signal.SIGCONT)
+    code, out, err = finish(process, 20)
+    assert code == 0 and out.endswith("tick 19\n"), err
+
+
 def test_fallback_without_seccomp_still_redirects(tunnel: Gateway, echo: EchoListener,
                                                   musl_client: Path) -> None:
     name, port = fake_contact(tunnel)
@@ -1178,14 +1201,48 @@ def test_every_option_is_in_the_man_page_and_help() -> None:
                 assert option in help_text
 
 
-def test_ctrl_z_and_fg_in_an_interactive_shell(tunnel: Gateway) -> None:
-    """In a job-control shell on a terminal: Ctrl-Z stops the job, fg resumes it to the end."""
+TICKER = "import time\nfor i in range(20): print('tick', i, flush=True); time.sleep(0.1)"
+# top and other full-screen programs: restore the terminal at Ctrl-Z, then stop with SIGSTOP.
+SELF_STOPPING_TICKER = ("import os, signal\n"
+                        "def stop(*_): os.kill(os.getpid(), signal.SIGSTOP)\n"
+                        "signal.signal(signal.SIGTSTP, stop)\n" + TICKER)
+# The main thread calls pthread_exit; another thread goes on.
+THREAD_TICKER = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *tick(void *unused) {
+    for (int i = 0; i < 20; i++) { printf("tick %d\n", i); fflush(stdout); usleep(100000); }
+    _exit(0);
+}
+int main(void) { pthread_t thread; pthread_create(&thread, 0, tick, 0); pthread_exit(0); }
+"""
+
+
+@pytest.mark.parametrize("program", ["plain", "stops-itself", "main-thread-exited"])
+def test_ctrl_z_and_fg_in_an_interactive_shell(tunnel: Gateway, built: Path,
+                                               program: str) -> None:
+    """In a job-control shell on a terminal: Ctrl-Z stops the job, fg resumes it to the
+    end; also for a program that stops itself with SIGSTOP at Ctrl-Z (top), and one whose
+    main thread has exited."""
     import pty
     import select
     import shlex
 
     if shutil.which("bash") is None:
         pytest.skip("bash is not installed")
+    if program == "main-thread-exited":
+        if shutil.which("gcc") is None:
+            pytest.skip("gcc is not installed")
+        source = built / "thread_ticker.c"
+        if not source.exists():  # once per module: an earlier run may still be exiting
+            source.write_text(THREAD_TICKER)
+            subprocess.run(["gcc", "-O2", "-pthread", "-o", str(built / "thread_ticker"),
+                            str(source)], check=True)
+        command_line = [str(built / "thread_ticker")]
+    else:
+        command_line = [sys.executable, "-c",
+                        TICKER if program == "plain" else SELF_STOPPING_TICKER]
     pid, terminal = pty.fork()
     if pid == 0:
         os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
@@ -1204,9 +1261,8 @@ def test_ctrl_z_and_fg_in_an_interactive_shell(tunnel: Gateway) -> None:
         return seen
 
     try:
-        program = "import time\nfor i in range(20): print('tick', i, flush=True); time.sleep(0.1)"
         command = shlex.join([*STREAMS_RUN, "--config-dir", str(tunnel.initiator_dir),
-                              tunnel.tunnel_id, sys.executable, "-c", program])
+                              tunnel.tunnel_id, *command_line])
         os.write(terminal, command.encode() + b"\n")
         read_until("tick 3")
         os.write(terminal, b"\x1a")

@@ -22,7 +22,7 @@ from typing import Protocol
 from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import seccomp
-from ..trace.procfs import pending_signals, tgid_of
+from ..trace.procfs import pending_signals, tgid_of, thread_has_exited
 from .loop import Loop
 
 log = logging.getLogger("streams_trace.run")
@@ -39,9 +39,10 @@ OPTIONS = (
 SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
 STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 TERMINAL_STOP_SIGNALS = {signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+# SIGCONT too: `kill -TSTP` to streams-run stops the program, `kill -CONT` must resume it.
 FORWARDED_SIGNALS = {
     signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGTSTP,
+    signal.SIGUSR1, signal.SIGUSR2, signal.SIGTSTP, signal.SIGCONT,
 }
 SI_KERNEL = 0x80  # siginfo si_code of a signal the terminal sent to the whole job
 SI_USER = 0  # siginfo si_code of a signal sent with kill()
@@ -352,9 +353,24 @@ class Tracer:
 
     def _on_group_stop(self, task: Task, sig: int) -> None:
         pt.listen(task.tid)  # stay stopped until SIGCONT, as without a tracer
-        if task.tid == self.main_pid and sig in TERMINAL_STOP_SIGNALS:
-            # Ctrl-Z: the shell waits for us, not the program; stop too so it sees the job stop.
+        # Ctrl-Z: the shell waits for us, not the program; stop too so it sees the job
+        # stop. Also for SIGSTOP when we run in the terminal's foreground: top and other
+        # full-screen programs catch SIGTSTP, restore the terminal and stop themselves
+        # with SIGSTOP. (In the background or without a terminal, a SIGSTOP sent to
+        # the program alone stops only the program, as without streams-run.)
+        if task.tgid != self.main_pid or task.tid != self._job_thread():
+            return  # each thread of the program reports the stop: one is enough
+        if sig in TERMINAL_STOP_SIGNALS or _in_terminal_foreground():
             os.kill(os.getpid(), signal.SIGSTOP)
+
+    def _job_thread(self) -> int:
+        """The thread whose stops stand for the program's: its main thread, else (that
+        one called pthread_exit) its lowest other thread."""
+        if not thread_has_exited(self.main_pid):
+            return self.main_pid
+        others = [each.tid for each in self.tasks.values()
+                  if each.tgid == self.main_pid and each.tid != self.main_pid]
+        return min(others, default=self.main_pid)
 
     def _on_seccomp_stop(self, task: Task) -> None:
         info = pt.syscall_info(task.tid)
@@ -422,3 +438,12 @@ class Tracer:
         if task.tid == task.tgid and self.policy is not None:
             self.policy.forget_process(task.tgid)
 
+
+def _in_terminal_foreground() -> bool:
+    """Whether streams-run's process group owns its controlling terminal now."""
+    for descriptor in (0, 1, 2):
+        try:
+            return os.tcgetpgrp(descriptor) == os.getpgrp()
+        except OSError:  # not a terminal, or not ours
+            continue
+    return False

@@ -32,6 +32,16 @@ def pending_signals(pid: int) -> set[int]:
     return pending
 
 
+def thread_has_exited(tid: int) -> bool:
+    """Whether thread ``tid`` is gone or a zombie (a main thread that called
+    pthread_exit stays one while other threads of its process run)."""
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as stat_file:
+            return stat_file.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
 def thread_exists(tid: int) -> bool:
     """Whether thread ``tid`` still runs (or is a zombie not yet reaped)."""
     return os.path.exists(f"/proc/{tid}")
