@@ -508,6 +508,38 @@ def test_a_program_whose_main_thread_has_exited_still_connects(
         assert (code, out.splitlines()[-1]) == (0, "ok 20"), (out, err)
 
 
+def test_a_refused_connection_leaves_the_accepts_address_buffer_alone(
+        tunnel: Gateway, built: Path) -> None:
+    """The accept's address buffer is smaller than an IPv6 peer's address: after a
+    connection that fails the handshake, the accept that runs again must be given the
+    room the program gave, not the refused peer's length (it wrote 12 bytes past it)."""
+    from streams_trace.client import connect_with_conf
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    program = built / "small_accept"
+    if not program.exists():
+        subprocess.run(["gcc", "-O2", "-o", str(program), str(PROGRAMS / "small_accept.c")],
+                       check=True)
+    server = listener_program(tunnel, str(program), str(tunnel.listener_port))
+    try:
+        with socket.create_connection(tunnel.listener_address, timeout=20) as stranger:
+            stranger.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                while stranger.recv(100):
+                    pass
+        with connect_with_conf(confmod.load(tunnel.tunnel_id, tunnel.initiator_dir)) as client:
+            client.settimeout(20)
+            client.sendall(b"hi\n")
+            assert client.recv(100) == b"echo:hi\n"
+        code, out, err = finish(server)
+        assert (code, out) == (0, "canary intact\n"), err
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
 def test_misused_sockets_get_the_kernels_errors(tunnel: Gateway, echo: EchoListener) -> None:
     """A connect on a connected socket or a closed descriptor, an accept on a closed one:
     the kernel's answers, no handshake into a live stream, no connection for nothing."""

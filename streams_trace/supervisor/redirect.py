@@ -486,13 +486,20 @@ class Redirector:
         if self.socket_inode(task, args[0]) not in self.listeners:
             self.tracer.resume(task)
             return
-        self.tracer.run_to_exit(task, lambda info: self._accepted(task, nr, args, info))
+        room = None  # the address length the program gave: see close_and_restart
+        if args[1] and args[2]:
+            try:
+                room = (args[2], self.read_memory(task, args[2], 4))
+            except OSError:
+                pass  # the kernel will say EFAULT
+        self.tracer.run_to_exit(task, lambda info: self._accepted(task, nr, args, room, info))
 
-    def _accepted(self, task: Task, nr: int, args: tuple[int, ...], info: pt.SyscallInfo) -> None:
+    def _accepted(self, task: Task, nr: int, args: tuple[int, ...],
+                  room: tuple[int, bytes] | None, info: pt.SyscallInfo) -> None:
         if info.is_error or info.rval < 0:
             self.tracer.resume(task)
             return
-        AcceptCheck(self, TracedCall(self.tracer, task), int(info.rval), nr, args).start()
+        AcceptCheck(self, TracedCall(self.tracer, task), int(info.rval), nr, args, room).start()
 
 
 class Operation:
@@ -753,11 +760,12 @@ class AcceptCheck(Operation):
     """Authenticate a connection the program just accepted, before its accept returns."""
 
     def __init__(self, owner: Redirector, call: TracedCall, fd: int, nr: int,
-                 args: tuple[int, ...]) -> None:
+                 args: tuple[int, ...], room: tuple[int, bytes] | None) -> None:
         super().__init__(owner, call, fd)
         self.task = call.task
         self.nr = nr
         self.args = args
+        self.room = room  # (where, what) the accept's address length was at its entry
         self.peer = "peer"
 
     def start(self) -> None:
@@ -790,7 +798,8 @@ class AcceptCheck(Operation):
         else:
             self.owner.refused += 1
             self._release()  # our copy must be closed too, or the peer never sees the end
-            self.owner.tracer.close_and_restart(self.task, self.fd, self.nr, self.args)
+            self.owner.tracer.close_and_restart(self.task, self.fd, self.nr, self.args,
+                                                self.room)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "accept fd %d of process %d from %s: %s in %s%s",

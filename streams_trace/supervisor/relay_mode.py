@@ -449,12 +449,14 @@ class Relay:
                 return
             (length,) = struct.unpack("=I", pt.read_memory(task.tid, slot + ADDRLEN_OFFSET, 4))
             raw = pt.read_memory(task.tid, slot, min(length, ADDRLEN_OFFSET))
-            if address_pointer and length_pointer:  # give the program what it asked for
-                (room,) = struct.unpack("=I", pt.read_memory(task.tid, length_pointer, 4))
-                pt.write_memory(task.tid, address_pointer, raw[:room])
-                pt.write_memory(task.tid, length_pointer, struct.pack("=I", length))
             peer = sa_codec.decode(raw)
             if peer is not None and self.expected_peers.take(peer.key):
+                # Only now give the program what it asked for: a refused connection's
+                # length would be taken for the buffer's room by the restarted accept.
+                if address_pointer and length_pointer:
+                    (room,) = struct.unpack("=I", pt.read_memory(task.tid, length_pointer, 4))
+                    pt.write_memory(task.tid, address_pointer, raw[:room])
+                    pt.write_memory(task.tid, length_pointer, struct.pack("=I", length))
                 self.tracer.resume(task)
                 return
             log.debug("accept fd %d of process %d: a connection from %s did not come "

@@ -173,13 +173,19 @@ class Tracer:
         task.on_exit_stop = callback
         self.resume(task)
 
-    def close_and_restart(self, task: Task, fd: int, nr: int, args: tuple[int, ...]) -> None:
+    def close_and_restart(self, task: Task, fd: int, nr: int, args: tuple[int, ...],
+                          restore: tuple[int, bytes] | None = None) -> None:
         """At a syscall exit: close ``fd`` inside the program, then re-run syscall ``nr(args)``.
 
         Used when an accepted connection fails the handshake: the program never
-        sees it, and its accept goes on waiting (or says EAGAIN).
+        sees it, and its accept goes on waiting (or says EAGAIN). ``restore`` is
+        (address, bytes) of program memory to put back first: the accept's address
+        length, which the kernel replaced with the refused peer's (the restarted
+        accept would take that for the room the buffer has).
         """
         try:
+            if restore is not None:
+                pt.write_memory(task.tid, *restore)
             regs = pt.get_registers(task.tid)
             task.restart = (int(regs.rip), nr, args)
             archmod.rewind_to_syscall(regs, self.arch.number("close"), (fd,))
