@@ -244,6 +244,15 @@ def test_ipv6_socket_to_an_ipv6_contact(tunnel: Gateway, echo: EchoListener) -> 
     assert (code, out) == (0, "echo:hello python\n"), err
 
 
+def test_a_contact_on_port_53_goes_to_the_tunnel(tunnel: Gateway, echo: EchoListener) -> None:
+    """A --globus-contact HOST:53 (a DNS-over-TCP service at the facility, say): its
+    connects are the tunnel's, not a nameserver's to leave alone."""
+    code, out, err = initiator_run(
+        tunnel, sys.executable, str(PROGRAMS / "echo_client.py"), "127.0.0.9", "53",
+        options=("--globus-contact", "127.0.0.9:53"))
+    assert (code, out) == (0, "echo:hello python\n"), err
+
+
 def test_globus_contact_name_resolves_only_inside_the_program(tunnel: Gateway,
                                                               echo: EchoListener) -> None:
     """A real-looking name that neither DNS nor /etc/hosts knows: it resolves under
@@ -858,6 +867,49 @@ def test_fallback_without_seccomp_still_redirects(tunnel: Gateway, echo: EchoLis
                                    env={"STREAMS_TRACE_SECCOMP": "off"})
     assert (code, out) == (0, "echo:hello 0\nok 1\n"), err
     assert "no seccomp filter (disabled)" in err and "every system call" in err
+
+
+# TCP Fast Open sends: to HOST PORT with sendto or sendmsg, then to a local server.
+FAST_OPEN = (
+    "import socket, sys\n"
+    "host, port, local = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+    "address = socket.getaddrinfo(host, port, socket.AF_INET)[0][4]\n"
+    "for how in ('sendto', 'sendmsg'):\n"
+    "    with socket.socket() as s:\n"
+    "        try:\n"
+    "            if how == 'sendto':\n"
+    "                s.sendto(b'x', socket.MSG_FASTOPEN, address)\n"
+    "            else:\n"
+    "                s.sendmsg([b'x'], [], socket.MSG_FASTOPEN, address)\n"
+    "            print(how, 'sent')\n"
+    "        except OSError as exc:\n"
+    "            print(how, exc.strerror)\n"
+    "with socket.socket() as s:\n"
+    "    s.sendto(b'elsewhere\\n', socket.MSG_FASTOPEN, ('127.0.0.1', local))\n"
+    "    print(s.recv(100).decode(), end='')\n")
+
+
+def test_tcp_fast_open_to_the_tunnel_is_refused(tunnel: Gateway) -> None:
+    """sendto or sendmsg with MSG_FASTOPEN connect as they send, past the redirect: to
+    the tunnel they fail (EOPNOTSUPP) rather than go elsewhere; other destinations are
+    left alone."""
+    name, port = fake_contact(tunnel)
+    with socket.create_server(("127.0.0.1", 0)) as elsewhere:
+        elsewhere.settimeout(30)
+
+        def answer() -> None:
+            conn, _ = elsewhere.accept()
+            with conn:
+                conn.sendall(b"echo:" + conn.recv(100))
+
+        server = threading.Thread(target=answer, daemon=True)
+        server.start()
+        code, out, err = initiator_run(tunnel, sys.executable, "-c", FAST_OPEN, name, port,
+                                       str(elsewhere.getsockname()[1]), options=("-d",))
+        server.join(10)
+    assert (code, out) == (0, "sendto Operation not supported\n"
+                              "sendmsg Operation not supported\necho:elsewhere\n"), err
+    assert err.count("MSG_FASTOPEN") == 2
 
 
 # io_uring_setup(8, params): the ring's descriptor, or the errno's name.

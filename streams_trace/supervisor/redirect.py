@@ -98,6 +98,7 @@ class Redirector:
             numbers["accept4"]: self.on_accept,
             numbers["sendto"]: self.on_sendto,
             numbers["recvfrom"]: self.on_recvfrom,
+            numbers["sendmsg"]: self.on_sendmsg,
         }
         for name in REFUSED_SYSCALLS:  # without a filter, every syscall stops here
             self.handlers[numbers[name]] = self._refuse
@@ -367,7 +368,7 @@ class Redirector:
         if target is None or not target.is_ip:
             call.resume()
             return
-        if target.port == DNS_PORT and self.dns is not None:
+        if target.port == DNS_PORT and self.dns is not None and target.key not in self.targets:
             if self.relay is not None:
                 assert isinstance(call, TracedCall)  # relay mode always stops under ptrace
                 self.relay.redirect_dns_connect(call.task, fd, target)
@@ -404,10 +405,34 @@ class Redirector:
                   call.tgid, nameserver)
         call.complete(0)
 
+    def _refuse_fast_open(self, task: Task, target: SockAddr | None) -> bool:
+        """A TCP Fast Open send (MSG_FASTOPEN: connect, and send with the SYN) to the
+        tunnel fails with EOPNOTSUPP (and a -d line): it would connect past the
+        redirect. True when it was refused."""
+        if target is None or not target.is_ip or target.key not in self.targets:
+            return False
+        log.debug("send with MSG_FASTOPEN by process %d to %s refused (EOPNOTSUPP): TCP "
+                  "Fast Open cannot go through the tunnel; connect first", task.tgid, target)
+        self.refused += 1
+        self.tracer.complete(task, -errno.EOPNOTSUPP)
+        return True
+
+    def on_sendmsg(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        """Stopped only with MSG_FASTOPEN (the filter checks the flags; without a filter
+        every sendmsg comes here)."""
+        if args[2] & socket.MSG_FASTOPEN:
+            header = self.read_memory(task, args[1], 16)  # msghdr: msg_name, msg_namelen
+            name, name_length = struct.unpack_from("=QI", header)
+            if self._refuse_fast_open(task, self._read_sockaddr(task, name, name_length)):
+                return
+        self.tracer.resume(task)
+
     def on_sendto(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
         """musl resolves with sendto() to each nameserver, without connect()."""
         fd, buffer, length, address, address_length = args[0], args[1], args[2], args[4], args[5]
         nameserver = self._read_sockaddr(task, address, address_length)
+        if args[3] & socket.MSG_FASTOPEN and self._refuse_fast_open(task, nameserver):
+            return
         if (self.dns is None or nameserver is None or not nameserver.is_ip
                 or nameserver.port != DNS_PORT or not 0 < length <= 65535):
             self.tracer.resume(task)

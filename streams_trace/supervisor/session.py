@@ -7,6 +7,7 @@ import logging
 import os
 import selectors
 import signal
+import socket
 from collections.abc import Sequence
 
 from ..errors import StreamsTraceError
@@ -32,6 +33,8 @@ RULES = (
     # only the calls that carry an address stop.
     seccomp.Rule("sendto", nonzero_arg=4),
     seccomp.Rule("recvfrom", nonzero_arg=4),
+    # TCP Fast Open: a send that connects (see Redirector.on_sendmsg).
+    seccomp.Rule("sendmsg", nonzero_arg=2, mask=socket.MSG_FASTOPEN),
 )
 # "trace": connects stop under ptrace too, never by user notification (for comparison);
 # "off": no filter, the stop-at-every-syscall fallback.

@@ -38,7 +38,7 @@ SECCOMP_RET_DATA = 0x0000FFFF
 # <linux/filter.h>, <linux/bpf_common.h>
 BPF_LD, BPF_JMP, BPF_RET = 0x00, 0x05, 0x06
 BPF_W, BPF_ABS, BPF_K = 0x00, 0x20, 0x00
-BPF_JEQ, BPF_JGE = 0x10, 0x30
+BPF_JEQ, BPF_JGE, BPF_JSET = 0x10, 0x30, 0x40
 # struct seccomp_data: int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6];
 SECCOMP_DATA_NR = 0
 SECCOMP_DATA_ARCH = 4
@@ -64,10 +64,12 @@ class SockFprog(ctypes.Structure):
 
 @dataclass(frozen=True)
 class Rule:
-    """Trace syscall ``name``; with ``nonzero_arg`` set, only when that argument is not 0."""
+    """Trace syscall ``name``; with ``nonzero_arg`` set, only when that argument is not 0,
+    or, with ``mask`` too, only when it has one of the bits of ``mask`` (a 32-bit one)."""
 
     name: str
     nonzero_arg: int | None = None
+    mask: int | None = None
 
 
 def _arg_low(index: int) -> int:
@@ -117,6 +119,9 @@ def build(rules: Iterable[Rule], arch: archmod.Arch | None = None,
             continue
         labels[f"check{i}"] = len(program)
         emit(BPF_LD | BPF_W | BPF_ABS, _arg_low(rule.nonzero_arg))
+        if rule.mask is not None:
+            emit(BPF_JMP | BPF_JSET | BPF_K, rule.mask, "trace", "allow")
+            continue
         emit(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, "trace")
         emit(BPF_LD | BPF_W | BPF_ABS, _arg_low(rule.nonzero_arg) + 4)
         emit(BPF_JMP | BPF_JEQ | BPF_K, 0, "allow", "trace")
