@@ -244,6 +244,22 @@ def test_ipv6_socket_to_an_ipv6_contact(tunnel: Gateway, echo: EchoListener) -> 
     assert (code, out) == (0, "echo:hello python\n"), err
 
 
+def test_an_ipv6_only_socket_to_an_ipv6_contact(tunnel: Gateway, echo: EchoListener) -> None:
+    """Go's Dial("tcp6") sets IPV6_V6ONLY: the access point, IPv4 here, is reached all
+    the same."""
+    port = free_port()
+    program = ("import socket, sys\n"
+               "s = socket.socket(socket.AF_INET6)\n"
+               "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n"
+               "s.settimeout(20)\n"
+               "s.connect(('::1', int(sys.argv[1])))\n"
+               "s.sendall(b'v6 only\\n')\n"
+               "print(s.recv(100).decode(), end='')\n")
+    code, out, err = initiator_run(tunnel, sys.executable, "-c", program, str(port),
+                                   options=("--globus-contact", f"[::1]:{port}"))
+    assert (code, out) == (0, "echo:v6 only\n"), err
+
+
 def test_a_contact_on_port_53_goes_to_the_tunnel(tunnel: Gateway, echo: EchoListener) -> None:
     """A --globus-contact HOST:53 (a DNS-over-TCP service at the facility, say): its
     connects are the tunnel's, not a nameserver's to leave alone."""

@@ -19,6 +19,7 @@ handshakes proceed at once and none blocks the supervisor.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -678,6 +679,13 @@ class ConnectRedirect(Operation):
             return
         self._set_nonblocking()
         error = sock.connect_ex(destination)
+        if error == errno.ENETUNREACH and sock.family == socket.AF_INET6 and \
+                str(destination[0]).startswith("::ffff:"):
+            # An IPv6-only socket (Go's "tcp6") cannot reach an IPv4 access point;
+            # a socket not yet bound or connected may drop that flag, and then can.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                error = sock.connect_ex(destination)
         if error == errno.EINPROGRESS:
             # A loopback connect is usually done by now: asking again says so (0), says
             # EALREADY while it goes on, or gives its error, in one system call.
