@@ -260,6 +260,29 @@ def test_an_ipv6_only_socket_to_an_ipv6_contact(tunnel: Gateway, echo: EchoListe
     assert (code, out) == (0, "echo:v6 only\n"), err
 
 
+def test_an_access_point_given_by_name(tunnel: Gateway, echo: EchoListener,
+                                       tmp_path: Path) -> None:
+    """A hand-written conf names the access point (localhost:PORT): it is looked up once,
+    and IPv4 and IPv6 sockets alike reach it (an IPv6 one was refused: the supervisor
+    gave the kernel "::ffff:localhost")."""
+    access_point = confmod.load(tunnel.tunnel_id, tunnel.initiator_dir).connector_contact_string
+    assert access_point is not None
+    named = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "named",
+                      connector_contact_string=f"localhost:{access_point.port}")
+    _, port = fake_contact(tunnel)
+    program = ("import socket, sys\n"
+               "for family, host in ((socket.AF_INET, '127.240.83.1'),\n"
+               "                     (socket.AF_INET6, '::ffff:127.240.83.1')):\n"
+               "    with socket.socket(family) as s:\n"
+               "        s.settimeout(20)\n"
+               "        s.connect((host, int(sys.argv[1])))\n"
+               "        s.sendall(b'by name\\n')\n"
+               "        print(s.recv(100).decode(), end='')\n")
+    code, out, err = finish(streams_run(named, tunnel.tunnel_id, sys.executable, "-c",
+                                        program, port))
+    assert (code, out) == (0, "echo:by name\n" * 2), err
+
+
 def test_a_contact_on_port_53_goes_to_the_tunnel(tunnel: Gateway, echo: EchoListener) -> None:
     """A --globus-contact HOST:53 (a DNS-over-TCP service at the facility, say): its
     connects are the tunnel's, not a nameserver's to leave alone."""

@@ -114,7 +114,7 @@ class Redirector:
         # inode of a DNS socket we answered through sendto -> (responder as the program
         # sees it, the nameserver it wrote to): replies must seem to come from the latter.
         self.dns_sources: dict[int, tuple[tuple[str, int], SockAddr]] = {}
-        self.access_point = self.tunnel.connector_contact_string
+        self.access_point = _numeric(self.tunnel.connector_contact_string)
         # Names the responder answers, and the (host, port) pairs a connect is redirected for.
         hosts = iter(FAKE_NETWORK.hosts())
         self.names: dict[str, str] = {}
@@ -842,3 +842,21 @@ class AcceptCheck(Operation):
 
     def timed_out(self) -> None:
         self.handshake_done(False, "handshake timed out")
+
+
+def _numeric(contact: Contact | None) -> Contact | None:
+    """The access point with its name looked up now, once, before the program starts:
+    a lookup on the supervisor's loop would hold every other connect, and an IPv6
+    socket cannot be given a name. (Globus gives addresses; a hand-written conf may not.)"""
+    if contact is None or contact.is_ip:
+        return contact
+    try:
+        found = socket.getaddrinfo(contact.host, contact.port, type=socket.SOCK_STREAM)
+    except OSError as exc:  # its connects will fail, each with a -d line that says why
+        log.warning("cannot look up the access point %s: %s", contact, exc)
+        return contact
+    # IPv4 first, as Globus gives (an IPv6 socket reaches it v4-mapped).
+    found.sort(key=lambda each: each[0] != socket.AF_INET)
+    address = str(found[0][4][0])
+    log.debug("access point %s is %s", contact, address)
+    return Contact(address, contact.port)
