@@ -951,6 +951,57 @@ def test_tcp_fast_open_to_the_tunnel_is_refused(tunnel: Gateway) -> None:
     assert err.count("MSG_FASTOPEN") == 2
 
 
+# In a private network with TCP Fast Open on without cookies (so that a connect with
+# TCP_FASTOPEN_CONNECT defers its SYN to the first send): a gateway, an echo listener,
+# and under streams-run a client that sets that option (as curl --tcp-fastopen does).
+FAST_OPEN_CONNECT_DRIVER = """
+import socket, subprocess, sys, threading
+import streams_trace
+from streams_trace import conf
+state, port = sys.argv[1], sys.argv[2]
+command = [sys.executable, "-m", "streams_trace"]
+gateway = subprocess.Popen([*command, "gateway", "--listener-contact-string",
+                            f"127.0.0.1:{port}", "--initiator-config-dir", f"{state}/i",
+                            "--listener-config-dir", f"{state}/l", "--state-dir",
+                            f"{state}/s"], stdout=subprocess.PIPE, text=True)
+tunnel = gateway.stdout.readline().strip()
+listener = streams_trace.listen(tunnel, config_dir=f"{state}/l")
+def serve():
+    conn, _ = listener.accept()
+    conn.sendall(b"echo:" + conn.recv(100))
+threading.Thread(target=serve, daemon=True).start()
+client = ("import socket, sys\\n"
+          "s = socket.socket()\\n"
+          "s.setsockopt(socket.IPPROTO_TCP, 30, 1)\\n"
+          "s.settimeout(20)\\n"
+          "s.connect((sys.argv[1], int(sys.argv[2])))\\n"
+          "s.sendall(b'fast open\\\\n')\\n"
+          "print(s.recv(100).decode(), end='')\\n")
+fake_port = str(conf.load(tunnel, f"{state}/i").fake_port)
+run = subprocess.run([*command, "run", "--config-dir", f"{state}/i", tunnel, sys.executable,
+                      "-c", client, f"globus.{tunnel}", fake_port],
+                     capture_output=True, text=True, timeout=60)
+gateway.terminate()
+sys.stdout.write(run.stdout)
+sys.stderr.write(run.stderr)
+sys.exit(run.returncode)
+"""
+
+
+def test_a_fast_open_connect_is_authenticated(tmp_path: Path) -> None:
+    """TCP_FASTOPEN_CONNECT makes the supervisor's connect say 0 at once, the SYN held
+    back for the first send: that is a fresh socket (it was taken for one the program
+    had connected, and got no handshake), so the connection starts and is authenticated."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare(1) and ip(8) for a private network")
+    (tmp_path / "driver.py").write_text(FAST_OPEN_CONNECT_DRIVER)
+    script = ("ip link set lo up && sysctl -qw net.ipv4.tcp_fastopen=5 || exit 99; "
+              f"exec {sys.executable} {tmp_path}/driver.py {tmp_path} {free_port()}")
+    process = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True,
+                             text=True, timeout=120, cwd=REPO)
+    assert (process.returncode, process.stdout) == (0, "echo:fast open\n"), process.stderr
+
+
 # io_uring_setup(8, params): the ring's descriptor, or the errno's name.
 IO_URING_SETUP = (
     "import ctypes, errno\n"

@@ -686,6 +686,8 @@ class ConnectRedirect(Operation):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 error = sock.connect_ex(destination)
+        if error == 0 and _fast_open_deferred(sock):
+            error = errno.EINPROGRESS
         if error == errno.EINPROGRESS:
             # A loopback connect is usually done by now: asking again says so (0), says
             # EALREADY while it goes on, or gives its error, in one system call.
@@ -842,6 +844,25 @@ class AcceptCheck(Operation):
 
     def timed_out(self) -> None:
         self.handshake_done(False, "handshake timed out")
+
+
+TCP_FASTOPEN_CONNECT = 30  # <netinet/tcp.h>; not in Python's socket module
+
+
+def _fast_open_deferred(sock: socket.socket) -> bool:
+    """Whether a connect that said 0 at once only deferred the connection to the first
+    send (TCP_FASTOPEN_CONNECT, curl --tcp-fastopen): then start it now, with an
+    empty send, and say True; the handshake goes first, not the program's bytes.
+    False for a socket that really was connected already (the program's own)."""
+    try:
+        if not sock.getsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT):
+            return False
+        sock.send(b"", socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True  # EINPROGRESS: the SYN is on its way
+    except OSError:
+        return False
+    return False  # sent nothing on a connected socket
 
 
 def _numeric(contact: Contact | None) -> Contact | None:
