@@ -24,9 +24,13 @@ from pathlib import Path
 
 import pytest
 
+import streams_trace
 from streams_trace import conf as confmod
+from streams_trace.client import connect_with_conf
 from streams_trace.handshake import Connector
 from streams_trace.lan import handshake_blocking
+from streams_trace.relay.native import helper_path
+from streams_trace.supervisor.relay_mode import DRAIN_TIMEOUT
 
 from .conftest import NATIVE_MISSING, EchoListener, Gateway
 from .test_run import (
@@ -75,6 +79,27 @@ int main(int argc, char **argv) {
 """
 
 
+def skip_without(pump: str) -> None:
+    if pump == "native" and helper_path() is None:
+        pytest.skip(NATIVE_MISSING)
+
+
+def ends_with_its_program(process: subprocess.Popen[str], peer: socket.socket,
+                          size: int) -> None:
+    """``peer`` reads ``size`` bytes and the end of file, its own side still open; then
+    streams-run ends at once (exit 0), not after waiting out its drain for ``peer``."""
+    peer.settimeout(20)
+    received = 0
+    while chunk := peer.recv(1 << 16):
+        received += len(chunk)
+    assert received == size
+    started = time.monotonic()
+    code, _, err = finish(process)
+    waited = time.monotonic() - started
+    assert code == 0, err
+    assert waited < DRAIN_TIMEOUT / 2, f"streams-run ended {waited:.1f} s after its program"
+
+
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(child) for child in path.read_text().split()] if path.exists() else []
@@ -102,10 +127,8 @@ def test_the_programs_read_only_sockaddr_is_left_alone(tunnel: Gateway, echo: Ec
 @pytest.mark.parametrize("pump", ["native", "python"])
 def test_both_pumps_carry_relayed_connections(tunnel: Gateway, echo: EchoListener,
                                               tmp_path: Path, pump: str) -> None:
-    from streams_trace.relay.native import helper_path
 
-    if pump == "native" and helper_path() is None:
-        pytest.skip(NATIVE_MISSING)
+    skip_without(pump)
     client = build_c(tmp_path / "client", static_musl=False)
     name, port = fake_contact(tunnel)
     code, out, err = finish(streams_run(
@@ -152,7 +175,6 @@ def test_an_intruder_on_the_private_port_never_reaches_the_program(tunnel: Gatew
 def test_a_udp_socket_on_the_tunnel_port_leaves_the_tcp_listener_alone(tunnel: Gateway) -> None:
     """A server on one port for TCP and UDP (a DNS server, iperf3): the UDP bind is the
     program's own, and the tunnel's connections still reach the TCP listener."""
-    from streams_trace.client import connect_with_conf
 
     server_code = (
         "import socket, sys\n"
@@ -233,10 +255,8 @@ def test_a_source_port_the_supervisor_gave_up_does_not_let_a_stranger_in(
 
 def test_killing_the_supervisor_ends_the_helper_and_the_program(tunnel: Gateway,
                                                                 echo: EchoListener) -> None:
-    from streams_trace.relay.native import helper_path
 
-    if helper_path() is None:
-        pytest.skip(NATIVE_MISSING)
+    skip_without("native")
     name, port = fake_contact(tunnel)
     program = ("import socket, sys, time\n"
                f"s = socket.create_connection(({name!r}, {port}))\n"
@@ -316,10 +336,8 @@ def test_1000_concurrent_relayed_connections_with_checksums_leave_no_descriptor(
         tunnel: Gateway, pump: str) -> None:
     """1000 connections open at once through relay mode, each checked by its SHA-256;
     afterwards neither the supervisor nor the pump helper holds a descriptor more."""
-    from streams_trace.relay.native import helper_path
 
-    if pump == "native" and helper_path() is None:
-        pytest.skip(NATIVE_MISSING)
+    skip_without(pump)
     count = 1000
     server = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("peers.py")), "server", tunnel.tunnel_id,
@@ -379,12 +397,8 @@ def test_a_server_that_exits_does_not_wait_for_its_idle_client(tunnel: Gateway,
     """A server answers and exits while its client keeps the connection open (an HTTP
     keep-alive): the client gets every byte and an end of file, and streams-run ends
     with the server, not after waiting out its drain for the idle client."""
-    from streams_trace.client import connect_with_conf
-    from streams_trace.relay.native import helper_path
-    from streams_trace.supervisor.relay_mode import DRAIN_TIMEOUT
 
-    if pump == "native" and helper_path() is None:
-        pytest.skip(NATIVE_MISSING)
+    skip_without(pump)
     size = 3_000_000
     server_code = (
         "import socket, sys\n"
@@ -398,17 +412,8 @@ def test_a_server_that_exits_does_not_wait_for_its_idle_client(tunnel: Gateway,
                               env={"STREAMS_TRACE_PUMP": pump})
     try:
         with connect_with_conf(confmod.load(tunnel.tunnel_id, tunnel.initiator_dir)) as client:
-            client.settimeout(20)
             client.sendall(b"request\n")
-            received = 0
-            while chunk := client.recv(1 << 16):
-                received += len(chunk)
-            assert received == size
-            started = time.monotonic()
-            code, _, err = finish(server)
-            waited = time.monotonic() - started
-            assert code == 0, err
-            assert waited < DRAIN_TIMEOUT / 2, f"streams-run ended {waited:.1f} s after the server"
+            ends_with_its_program(server, client, size)
     finally:
         if server.poll() is None:
             server.kill()
@@ -420,13 +425,9 @@ def test_a_client_that_exits_does_not_wait_for_a_server_that_keeps_the_connectio
         tunnel: Gateway, pump: str) -> None:
     """The program sends its last bytes and exits; the server reads them all but never
     closes its side: every byte arrives, and streams-run ends with the program."""
-    from streams_trace.relay.native import helper_path
-    from streams_trace.supervisor.relay_mode import DRAIN_TIMEOUT
 
-    if pump == "native" and helper_path() is None:
-        pytest.skip(NATIVE_MISSING)
+    skip_without(pump)
     size = 3_000_000
-    import streams_trace
 
     with streams_trace.listen(tunnel.tunnel_id, config_dir=tunnel.listener_dir) as target:
         name, port = fake_contact(tunnel)
@@ -438,16 +439,7 @@ def test_a_client_that_exits_does_not_wait_for_a_server_that_keeps_the_connectio
         try:
             conn, _ = target.accept()
             with conn:
-                conn.settimeout(20)
-                received = 0
-                while chunk := conn.recv(1 << 16):
-                    received += len(chunk)
-                assert received == size
-                started = time.monotonic()
-                code, _, err = finish(client)
-                waited = time.monotonic() - started
-            assert code == 0, err
-            assert waited < DRAIN_TIMEOUT / 2, f"streams-run ended {waited:.1f} s after the program"
+                ends_with_its_program(client, conn, size)
         finally:
             if client.poll() is None:
                 client.kill()
@@ -505,7 +497,6 @@ def test_a_dual_stack_server_where_ipv6_is_disabled(tunnel: Gateway, tmp_path: P
 def test_a_connection_between_bind_and_listen_waits_for_the_listen(tunnel: Gateway) -> None:
     """The program has bound the tunnel's port but not listened yet: a tunnel connection
     that comes then is taken once it listens, not reset."""
-    from streams_trace.client import connect_with_conf
 
     server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, sys.executable,
                          str(PROGRAMS / "odd_server.py"), "slow-listen",
@@ -532,7 +523,6 @@ def test_a_closed_listening_socket_gives_the_port_back(tunnel: Gateway) -> None:
     """The program closes its listening socket and goes on: a tunnel connection then
     fails visibly (a reset, not an empty reply), and the supervisor lets go of the
     port, as the program did."""
-    from streams_trace.client import connect_with_conf
 
     server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, sys.executable,
                          str(PROGRAMS / "odd_server.py"), "stop", str(tunnel.listener_port),

@@ -298,12 +298,7 @@ class Relay:
     def redirect_dns_connect(self, task: Task, fd: int, nameserver: SockAddr) -> None:
         # Only a datagram socket goes to the responder (it answers UDP): a TCP query
         # (dig +tcp, a resolver after a truncated answer) goes on to the nameserver.
-        # The socket's type is asked in the program, and its connect then runs again.
-        kind = self._socket_type(task, fd)
-        if kind is None:
-            return
-        if kind != socket.SOCK_DGRAM:
-            self.tracer.resume(task)
+        if not self._only_for(task, fd, socket.SOCK_DGRAM):
             return
         responder = self._responder(task, nameserver)
         if responder is None:
@@ -313,6 +308,18 @@ class Relay:
                   task.tgid, nameserver)
         self.run_with_private(task, data, lambda slot: {1: slot, 2: len(data)},
                               lambda info, slot: self.tracer.resume(task))
+
+    def _only_for(self, task: Task, fd: int, wanted: int) -> bool:
+        """True when the program's ``fd`` is a socket of type ``wanted``. Else the
+        stopped syscall runs as it is, or (while its type is asked in the program)
+        comes back here later."""
+        kind = self._socket_type(task, fd)
+        if kind is None:
+            return False
+        if kind != wanted:
+            self.tracer.resume(task)
+            return False
+        return True
 
     def _socket_type(self, task: Task, fd: int) -> int | None:
         """SO_TYPE of the program's ``fd`` (-1: not a socket one can ask), or None when it
@@ -383,11 +390,7 @@ class Relay:
             return
         # Only a stream socket is the tunnel's listener: a UDP socket on the same port
         # (DNS servers, iperf3 -u) binds as it asked, and must not take the private port.
-        kind = self._socket_type(task, fd)
-        if kind is None:
-            return
-        if kind != socket.SOCK_STREAM:
-            self.tracer.resume(task)
+        if not self._only_for(task, fd, socket.SOCK_STREAM):
             return
         key = TunnelListener.key_of(local)
         listener = self.listeners.get(key)
