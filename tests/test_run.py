@@ -35,6 +35,7 @@ from streams_trace import conf as confmod
 from streams_trace.contact import parse_contact
 from streams_trace.handshake import Connector
 from streams_trace.lan import HandshakeError, handshake_blocking
+from streams_trace.supervisor.redirect import FAKE_NETWORK
 
 from .conftest import EchoListener, Gateway, free_port, ptrace_problem, streams_trace_command
 
@@ -1151,14 +1152,51 @@ def test_a_tcp_connect_to_a_nameserver_is_left_alone(tunnel: Gateway) -> None:
 def test_the_tunnel_address_works_without_a_lookup(tunnel: Gateway, echo: EchoListener) -> None:
     """Where the name cannot resolve (DNS over TCP only: options use-vc), the address the
     responder gives globus.<TUNNEL_ID>, as the man page says, is redirected all the same."""
-    from streams_trace.supervisor.redirect import FAKE_NETWORK
-
     _, port = fake_contact(tunnel)
     address = str(next(FAKE_NETWORK.hosts()))
     assert address == "127.240.83.1"  # the man page names it
     code, out, err = initiator_run(tunnel, sys.executable, str(PROGRAMS / "echo_client.py"),
                                    address, port)
     assert (code, out) == (0, "echo:hello python\n"), err
+
+
+UNDUMPABLE_CLIENT = """
+import ctypes, errno, socket, sys
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0, as an execute-only file has it
+for _ in range(2):
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20).close()
+        print("connected")
+    except OSError as exc:
+        print(errno.errorcode.get(exc.errno, exc))
+"""
+
+
+def test_a_process_closed_to_the_supervisor_is_refused_with_its_reason(
+        tunnel: Gateway, echo: EchoListener) -> None:
+    """A non-dumpable process (prctl, an execute-only or setuid file) keeps even its
+    tracer out of its memory and descriptors unless it has CAP_SYS_PTRACE: its tunnel connects
+    fail closed, and streams-run says why once, not a cryptic line per connect."""
+    # Root is like any user here once CAP_SYS_PTRACE is gone (as in a default container).
+    as_user = {"preexec_fn": _without_cap_sys_ptrace} if os.geteuid() == 0 else {}
+
+    _, port = fake_contact(tunnel)
+    code, out, err = finish(streams_run(
+        tunnel.initiator_dir, tunnel.tunnel_id, sys.executable, "-c", UNDUMPABLE_CLIENT,
+        str(next(FAKE_NETWORK.hosts())), port, **as_user))
+    if code == 125 and "ptrace" in err:
+        pytest.skip(f"an unprivileged user may not trace here: {err.strip()}")
+    assert (code, out) == (0, "ECONNREFUSED\nECONNREFUSED\n"), err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "not dumpable" in lines[0] and "run as root" in lines[0], err
+
+
+def _without_cap_sys_ptrace() -> None:
+    import ctypes
+
+    PR_CAPBSET_DROP, CAP_SYS_PTRACE = 24, 19  # <linux/prctl.h>, <linux/capability.h>
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0):
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 def private_nameserver(tmp_path: Path, options: str = "",

@@ -38,7 +38,7 @@ from ..contact import Contact, globus_name
 from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector, Handshake, State
 from ..trace import ptraceapi as pt
 from ..trace import sockaddr as sa_codec
-from ..trace.procfs import fd_inode, thread_exists
+from ..trace.procfs import closed_to_us, fd_inode, thread_exists
 from ..trace.sockaddr import SockAddr
 from .dns import Responder, hosts_file_addresses
 from .loop import Loop, Timer
@@ -110,6 +110,7 @@ class Redirector:
         self.destinations: dict[int, tuple | None] = {}  # socket family -> access point address
         self.spare_connector: Connector | None = None  # see prepare_connector
         self._sockaddrs: dict[bytes, SockAddr] = {}  # raw sockaddr -> decoded (a small cache)
+        self.closed_processes: set[int] = set()  # not dumpable, said so (_fail_closed)
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
         # inode of a DNS socket we answered through sendto -> (responder as the program
         # sees it, the nameserver it wrote to): replies must seem to come from the latter.
@@ -221,8 +222,21 @@ class Redirector:
             task.resume()
             return
         self.refused += 1
-        log.warning("%s of process %d refused, streams-run could not check it: %s",
-                    self.syscall_names.get(nr, str(nr)), task.tgid, exc)
+        what = self.syscall_names.get(nr, str(nr))
+        if exc.errno in (errno.EACCES, errno.EPERM) and closed_to_us(task.tid):
+            # Every tunnel call of such a process fails the same way: say why once.
+            if task.tgid not in self.closed_processes:
+                self.closed_processes.add(task.tgid)
+                log.warning(
+                    "process %d keeps streams-run out of its memory and sockets, so its "
+                    "tunnel connects, binds and accepts are refused: it is not dumpable "
+                    "(an execute-only or setuid file, or prctl PR_SET_DUMPABLE 0) and "
+                    "streams-run lacks CAP_SYS_PTRACE, or a security module forbids it; "
+                    "make the file readable, or run as root", task.tgid)
+            log.debug("%s of process %d refused: %s", what, task.tgid, exc)
+        else:
+            log.warning("%s of process %d refused, streams-run could not check it: %s",
+                        what, task.tgid, exc)
         task.complete(result)
 
     def _is_tunnel_listener(self, task: Task | HeldCall, fd: int) -> bool:
@@ -246,6 +260,7 @@ class Redirector:
             return None
 
     def forget_process(self, tgid: int) -> None:
+        self.closed_processes.discard(tgid)
         for table in (self.pidfds, self.memory):
             descriptor = table.pop(tgid, None)
             if descriptor is not None:
