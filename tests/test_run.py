@@ -68,8 +68,17 @@ def build_go(source: str, output: Path) -> Path:
     return output
 
 
+def as_a_shell_starts_it() -> None:
+    """In the child before exec: the signal dispositions an interactive shell gives its
+    commands. streams-run hands the program what it was given, and the tests may run
+    under nohup or in the background of a script, which ignore SIGHUP, SIGINT, SIGQUIT."""
+    for number in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def streams_run(config_dir: Path, tunnel_id: str, *command: str, options: tuple[str, ...] = (),
                 env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen[str]:
+    popen.setdefault("preexec_fn", as_a_shell_starts_it)
     return subprocess.Popen(
         [*STREAMS_RUN, "--config-dir", str(config_dir), *options, tunnel_id, *command],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -824,6 +833,7 @@ def test_a_terminal_hang_up_reaches_the_program(tunnel: Gateway) -> None:
     master, slave = os.openpty()
 
     def take_the_terminal() -> None:
+        as_a_shell_starts_it()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     process = subprocess.Popen(
@@ -880,8 +890,11 @@ def test_stop_and_continue(tunnel: Gateway) -> None:
 def test_kill_tstp_then_kill_cont_to_streams_run(tunnel: Gateway) -> None:
     """kill -TSTP to streams-run stops the program (and streams-run with it); kill -CONT
     to streams-run resumes both: the program runs to its end."""
+    # A process group of its own in the tests' session, as a shell's job: in an orphaned
+    # group (the tests started in the background by a script that has ended) the kernel
+    # would not stop it.
     process = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, sys.executable, "-c",
-                          TICKER)
+                          TICKER, process_group=0)
     assert process.stdout is not None
     assert process.stdout.readline() == "tick 0\n"
     program = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
