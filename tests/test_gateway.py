@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -177,6 +178,46 @@ def test_reset_on_one_side_reaches_the_other(gateway: Gateway) -> None:
             while client.recv(100):
                 pass
         client.close()
+
+
+def _tcp_timers(pids: list[int]) -> dict[int, int]:
+    """Inode -> the kernel's timer kind (/proc/net/tcp "tr": 2 is the keep-alive timer) of
+    every established TCP socket the processes ``pids`` hold."""
+    inodes: set[int] = set()
+    for pid in pids:
+        for entry in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(entry)
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+    timers: dict[int, int] = {}
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[9]) in inodes:  # 01: ESTABLISHED
+                    timers[int(fields[9])] = int(fields[5].split(":")[0], 16)
+    return timers
+
+
+def test_every_socket_of_a_stream_has_keep_alive(gateway: Gateway) -> None:
+    """A peer or link that vanishes without a reset (a rebooted node, a cut cable) is found
+    out within minutes, and its stream ends, rather than holding the other side forever."""
+    import streams_trace
+
+    with streams_trace.listen(gateway.tunnel_id, config_dir=gateway.listener_dir) as listener:
+        client = streams_trace.connect(gateway.tunnel_id, config_dir=gateway.initiator_dir)
+        server, _ = listener.accept()
+        with client, server:
+            client.sendall(b"x")
+            assert server.recv(1) == b"x"
+            time.sleep(0.3)  # acknowledged: only the keep-alive timer can be armed now
+            holders = [gateway.process.pid, *(
+                int(pid) for pid in Path(f"/proc/{gateway.process.pid}/task/"
+                                         f"{gateway.process.pid}/children").read_text().split())]
+            timers = _tcp_timers(holders)
+    # Both LAN legs, and the link from either end.
+    assert len(timers) == 4 and set(timers.values()) == {2}, timers
 
 
 def test_wrong_secret_on_the_initiator_leg_is_refused(gateway: Gateway, tmp_path: Path) -> None:

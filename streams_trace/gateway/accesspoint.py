@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 BACKLOG = 4096
+# A party that vanishes without a reset (a rebooted node, a cut link) is found out after
+# KEEPALIVE_IDLE s of silence and KEEPALIVE_COUNT unanswered probes, and its stream is
+# ended; without keep-alive the other side would wait for it forever.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 6
 
 
 @dataclass
@@ -107,7 +111,7 @@ class AccessPoint:
     async def _open(self, inbound: socket.socket, source: str) -> socket.socket | None:
         """Authenticate ``inbound``, then connect and authenticate onward; None on failure."""
         inbound.setblocking(False)
-        inbound.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _tune(inbound)
         if self.inbound_secret is not None:
             try:
                 await handshake_async(
@@ -183,12 +187,21 @@ class AccessPoint:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _tune(sock)
             await asyncio.wait_for(loop.sock_connect(sock, address), CONNECT_TIMEOUT)
         except BaseException:
             sock.close()
             raise
         return sock
+
+
+def _tune(sock: socket.socket) -> None:
+    """Options for both sockets of a stream: no Nagle delay, and keep-alive."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
 
 
 def _describe(exc: BaseException) -> str:
