@@ -1508,6 +1508,38 @@ def test_ctrl_z_and_fg_in_an_interactive_shell(tunnel: Gateway, built: Path,
         os.close(terminal)
 
 
+SEND_TIMEOUT_CLIENT = """
+import errno, socket, struct, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", 1, 0))
+started = time.monotonic()
+try:
+    sock.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, exc), round(time.monotonic() - started))
+"""
+
+
+def test_a_blocking_connect_waits_no_longer_than_its_send_timeout(
+        tunnel: Gateway, tmp_path: Path, data_path: str) -> None:
+    """C programs bound a blocking connect with SO_SNDTIMEO; a silent access point then
+    costs them that, not streams-run's --timeout."""
+    if data_path == "relay":
+        pytest.skip("the relay data path never sees the program's socket, so only "
+                    "--timeout bounds its connects (a limit the man page states)")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        dead = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "silent",
+                         connector_contact_string=f"127.0.0.1:{silent.getsockname()[1]}")
+        name, port = fake_contact(tunnel)
+        code, out, err = finish(streams_run(
+            dead, tunnel.tunnel_id, sys.executable, "-c", SEND_TIMEOUT_CLIENT, name, port,
+            options=("--timeout", "20")), 40)
+    assert (code, out) == (0, "ETIMEDOUT 1\n"), err
+
+
 def test_a_silent_access_point_times_out_and_delays_only_its_own_connects(
         tunnel: Gateway, echo: EchoListener, tmp_path: Path, c_client: Path) -> None:
     """An access point that accepts TCP but never answers the handshake: the program gets

@@ -54,6 +54,7 @@ log = logging.getLogger("streams_trace.run")
 # that somehow escaped the redirect reaches nothing outside this node.
 FAKE_NETWORK = ipaddress.IPv4Network("127.240.83.0/24")
 DNS_PORT = 53
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, as SO_SNDTIMEO gives it
 # Refused with ENOSYS, as by a kernel without them: io_uring's connect and accept run
 # in the kernel, past any seccomp filter or tracer, so they would bypass the redirect
 # (and the listener's handshake). Programs then use the ordinary calls.
@@ -572,15 +573,18 @@ class Operation:
             self.timer = self.loop.call_at(self.deadline, self._on_timeout)
             self.call.on_death.append(self._on_death)
 
-    def _set_nonblocking(self) -> None:
-        """Non-blocking for the supervisor's connect. The flag lives on the shared open
-        file, so ``_restore`` puts the program's own setting back as soon as the connect
-        is done; the handshake's sends and receives use MSG_DONTWAIT instead."""
+    def _set_nonblocking(self) -> bool:
+        """Non-blocking for the supervisor's connect; True if the program's socket was
+        blocking. The flag lives on the shared open file, so ``_restore`` puts the
+        program's own setting back as soon as the connect is done; the handshake's sends
+        and receives use MSG_DONTWAIT instead."""
         assert self.sock is not None
         flags = fcntl.fcntl(self.sock.fileno(), fcntl.F_GETFL)
-        if not flags & os.O_NONBLOCK:
-            fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
-            self.saved_flags = flags
+        if flags & os.O_NONBLOCK:
+            return False
+        fcntl.fcntl(self.sock.fileno(), fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self.saved_flags = flags
+        return True
 
     def _start_handshake(self, machine: Handshake) -> None:
         assert self.sock is not None
@@ -692,7 +696,8 @@ class ConnectRedirect(Operation):
             self.finish(-errno.EAFNOSUPPORT, "refused: an IPv4 socket cannot reach an IPv6 "
                         "access point")
             return
-        self._set_nonblocking()
+        if self._set_nonblocking():
+            self._keep_send_timeout(sock)
         error = sock.connect_ex(destination)
         if error == errno.ENETUNREACH and sock.family == socket.AF_INET6 and \
                 str(destination[0]).startswith("::ffff:"):
@@ -728,6 +733,15 @@ class ConnectRedirect(Operation):
             self.loop.watch(sock, selectors.EVENT_WRITE, self._on_writable)
         else:
             self.finish(-error, f"access point unreachable: {os.strerror(error)}")
+
+    def _keep_send_timeout(self, sock: socket.socket) -> None:
+        """A blocking connect waits no longer than the socket's SO_SNDTIMEO, as in the
+        kernel; it then fails with ETIMEDOUT (the kernel says EINPROGRESS and connects
+        on in the background, which a connection not yet authenticated must not)."""
+        seconds, microseconds = _TIMEVAL.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size))
+        if seconds or microseconds:
+            self.deadline = min(self.deadline, self.started + seconds + microseconds / 1e6)
 
     def _destination(self, family: int) -> tuple | None:
         known = self.owner.destinations
