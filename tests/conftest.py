@@ -24,6 +24,17 @@ __all__ = ["free_port"]  # re-exported for the test modules
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _signals_at_their_defaults_for_programs() -> None:
+    """Under nohup, or in the background of a script, SIGHUP, SIGINT and SIGQUIT come
+    ignored, and streams-run rightly passes that on to its program, which the signal
+    tests then cannot reach. A handler of our own stays as deaf for the tests' process,
+    while exec gives every child the default back, as an interactive shell would."""
+    for number in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT):
+        if signal.getsignal(number) is signal.SIG_IGN:
+            signal.signal(number, lambda *_: None)
+
+
 def ptrace_problem() -> str | None:
     """Why this process cannot trace a child here, or None when it can."""
     from streams_trace.trace.probes import ptrace_permitted

@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 BACKLOG = 4096
-# A party that vanishes without a reset (a rebooted node, a cut link) is found out after
-# KEEPALIVE_IDLE s of silence and KEEPALIVE_COUNT unanswered probes, and its stream is
-# ended; without keep-alive the other side would wait for it forever.
+# A party of an idle stream that vanishes without a reset (a rebooted node, a cut link)
+# is found out after KEEPALIVE_IDLE s of silence and KEEPALIVE_COUNT unanswered probes,
+# and its stream is ended; without keep-alive the other side would wait for it forever.
+# (Bytes in flight to it are the kernel's retransmission limit's business.)
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 6
 
 

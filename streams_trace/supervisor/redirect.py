@@ -38,7 +38,7 @@ from ..contact import Contact, globus_name
 from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector, Handshake, State
 from ..trace import ptraceapi as pt
 from ..trace import sockaddr as sa_codec
-from ..trace.procfs import closed_to_us, fd_inode, thread_exists
+from ..trace.procfs import fd_inode, thread_exists
 from ..trace.sockaddr import SockAddr
 from .dns import Responder, hosts_file_addresses
 from .loop import Loop, Timer
@@ -224,16 +224,16 @@ class Redirector:
             return
         self.refused += 1
         what = self.syscall_names.get(nr, str(nr))
-        if exc.errno in (errno.EACCES, errno.EPERM) and closed_to_us(task.tid):
-            # Every tunnel call of such a process fails the same way: say why once.
+        if exc.errno in (errno.EACCES, errno.EPERM) and pt.memory_closed(task.tid):
+            # Every call it makes that needs a check fails the same way: say why once.
             if task.tgid not in self.closed_processes:
                 self.closed_processes.add(task.tgid)
                 log.warning(
-                    "process %d keeps streams-run out of its memory and sockets, so its "
-                    "tunnel connects, binds and accepts are refused: it is not dumpable "
-                    "(an execute-only or setuid file, or prctl PR_SET_DUMPABLE 0) and "
-                    "streams-run lacks CAP_SYS_PTRACE, or a security module forbids it; "
-                    "make the file readable, or run as root", task.tgid)
+                    "process %d is closed to streams-run, so its connects, binds and tunnel "
+                    "accepts fail: it is not dumpable (an unreadable executable, or prctl "
+                    "PR_SET_DUMPABLE 0) and streams-run lacks CAP_SYS_PTRACE, or a security "
+                    "module forbids it; make the file readable, or give streams-run "
+                    "CAP_SYS_PTRACE", task.tgid)
             log.debug("%s of process %d refused: %s", what, task.tgid, exc)
         else:
             log.warning("%s of process %d refused, streams-run could not check it: %s",

@@ -73,20 +73,6 @@ def socket_in_use(tid: int, fd: int) -> bool:
     return False
 
 
-def closed_to_us(tid: int) -> bool:
-    """Whether the kernel keeps this process, tracer or not, out of thread ``tid``'s
-    memory (and descriptors): a process that is not dumpable (an execute-only or
-    setuid file, prctl PR_SET_DUMPABLE 0) to a tracer without CAP_SYS_PTRACE, or a
-    security module's rule."""
-    try:
-        os.close(os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC))
-    except PermissionError:
-        return True
-    except OSError:  # gone, say: nothing to explain
-        return False
-    return False
-
-
 def fd_inode(tid: int, fd: int) -> int:
     """The inode of the file behind descriptor ``fd`` of thread ``tid``: a socket's identity,
     the same through dup, fork and descriptor reuse. Raises OSError when there is none."""

@@ -258,6 +258,19 @@ def open_memory(tid: int) -> int:
     return os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
 
 
+def memory_closed(tid: int) -> bool:
+    """Whether the kernel keeps us, tracer or not, out of thread ``tid``'s memory (and
+    so its descriptors): its process is not dumpable (an unreadable executable, prctl
+    PR_SET_DUMPABLE 0) and we lack CAP_SYS_PTRACE, or a security module says no."""
+    try:
+        os.close(open_memory(tid))
+    except PermissionError:
+        return True
+    except OSError:  # gone, say: nothing to explain
+        return False
+    return False
+
+
 def read_memory_at(memory: int, address: int, size: int) -> bytes:
     """Read ``size`` bytes at ``address`` through an ``open_memory`` descriptor."""
     if not 0 < address < 1 << 63:
