@@ -27,6 +27,7 @@ import sys
 import termios
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -1177,8 +1178,8 @@ for _ in range(2):
 
 def test_a_process_closed_to_the_supervisor_is_refused_with_its_reason(
         tunnel: Gateway, echo: EchoListener) -> None:
-    """A non-dumpable process (prctl, an execute-only or setuid file) keeps even its
-    tracer out of its memory and descriptors unless it has CAP_SYS_PTRACE: its tunnel connects
+    """A non-dumpable process (prctl, or an executable it may not read) keeps even its
+    tracer out of its memory and descriptors unless that has CAP_SYS_PTRACE: its connects
     fail closed, and streams-run says why once, not a cryptic line per connect."""
     # Root is like any user here once CAP_SYS_PTRACE is gone (as in a default container).
     as_user = {"preexec_fn": _without_cap_sys_ptrace} if os.geteuid() == 0 else {}
@@ -1517,6 +1518,16 @@ def test_ctrl_z_and_fg_in_an_interactive_shell(tunnel: Gateway, built: Path,
         os.close(terminal)
 
 
+@contextlib.contextmanager
+def silent_access_point(tunnel: Gateway, tmp_path: Path) -> Iterator[Path]:
+    """A conf folder whose access point accepts TCP but never answers the handshake."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        yield conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "silent",
+                        connector_contact_string=f"127.0.0.1:{silent.getsockname()[1]}")
+
+
 SEND_TIMEOUT_CLIENT = """
 import errno, socket, struct, sys, time
 sock = socket.socket()
@@ -1535,11 +1546,7 @@ def test_a_blocking_connect_waits_no_longer_than_its_send_timeout(
     """C programs bound a blocking connect with SO_SNDTIMEO; a silent access point then
     costs them that, not streams-run's --timeout. The relay data path never sees the
     program's socket: there --timeout alone bounds it, as the man page says."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        dead = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "silent",
-                         connector_contact_string=f"127.0.0.1:{silent.getsockname()[1]}")
+    with silent_access_point(tunnel, tmp_path) as dead:
         name, port = fake_contact(tunnel)
         code, out, err = finish(streams_run(
             dead, tunnel.tunnel_id, sys.executable, "-c", SEND_TIMEOUT_CLIENT, name, port,
@@ -1551,11 +1558,7 @@ def test_a_silent_access_point_times_out_and_delays_only_its_own_connects(
         tunnel: Gateway, echo: EchoListener, tmp_path: Path, c_client: Path) -> None:
     """An access point that accepts TCP but never answers the handshake: the program gets
     ETIMEDOUT after --timeout, and diagnostics go to the -l file, not stderr."""
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        dead = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "silent",
-                         connector_contact_string=f"127.0.0.1:{silent.getsockname()[1]}")
+    with silent_access_point(tunnel, tmp_path) as dead:
         name, port = fake_contact(tunnel)
         log_file = tmp_path / "run.log"
         started = time.monotonic()

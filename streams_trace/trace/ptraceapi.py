@@ -267,7 +267,7 @@ def memory_closed(tid: int) -> bool:
     except PermissionError:
         return True
     except OSError:  # gone, say: nothing to explain
-        return False
+        pass
     return False
 
 
