@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import hashlib
 import os
 import platform
 import re
@@ -66,6 +67,18 @@ def build_go(source: str, output: Path) -> Path:
            "GOCACHE": str(output.parent / "gocache"), "HOME": str(output.parent)}
     subprocess.run(["go", "build", "-o", str(output), "main.go"], cwd=workdir, env=env,
                    check=True, capture_output=True, timeout=600)
+    return output
+
+
+def build_java(output: Path) -> Path:
+    """The Java test programs, compiled into ``output`` (a class path)."""
+    if shutil.which("javac") is None or shutil.which("java") is None:
+        pytest.skip("javac or java is not installed (Debian: default-jdk-headless)")
+    output.mkdir(exist_ok=True)
+    sources = [str(PROGRAMS / name) for name in ("EchoServer.java", "EchoClient.java",
+                                                 "HttpFetch.java")]
+    subprocess.run(["javac", "-d", str(output), *sources], check=True, capture_output=True,
+                   timeout=300)
     return output
 
 
@@ -140,6 +153,11 @@ def go_client(built: Path) -> Path:
 @pytest.fixture(scope="module")
 def go_server(built: Path) -> Path:
     return build_go("server.go", built / "server-go")
+
+
+@pytest.fixture(scope="module")
+def java_classes(built: Path) -> Path:
+    return build_java(built / "java")
 
 
 def fake_contact(tunnel: Gateway) -> tuple[str, str]:
@@ -375,6 +393,45 @@ def test_go_server_and_go_client_both_under_streams_run(tunnel: Gateway, go_serv
     assert (code, out) == (0, "served 2\n"), err
 
 
+def test_java_server_and_java_client_both_under_streams_run(tunnel: Gateway,
+                                                           java_classes: Path) -> None:
+    """The JVM: dual-stack IPv6 sockets (v4-mapped addresses), names through glibc, a
+    connect with a timeout on the client, a Selector's non-blocking accept on the server."""
+    server = listener_program(tunnel, "java", "-cp", str(java_classes), "EchoServer",
+                              str(tunnel.listener_port), "2")
+    name, port = fake_contact(tunnel)
+    for _ in range(2):
+        code, out, err = initiator_run(tunnel, "java", "-cp", str(java_classes), "EchoClient",
+                                       name, port)
+        assert (code, out) == (0, "echo:hello java\n"), err
+    code, out, err = finish(server)
+    assert (code, out) == (0, "served 2\n"), err
+
+
+def test_java_http_client_on_many_threads_through_a_globus_contact_name(
+        tunnel: Gateway, java_classes: Path, tmp_path: Path) -> None:
+    """java.net.http.HttpClient (non-blocking connects from its selector thread) fetching
+    a file 200 times on 16 threads from a Python HTTP server, both under streams-run: every
+    body arrives whole. The name is a --globus-contact one: java.net.URI refuses a host
+    whose last label starts with a digit, as globus.<TUNNEL_ID> often does (man page)."""
+    body = os.urandom(200_000)
+    (tmp_path / "data.bin").write_bytes(body)
+    server = streams_run(tunnel.listener_dir, tunnel.tunnel_id, sys.executable, "-m",
+                         "http.server", "--bind", "127.0.0.1", str(tunnel.listener_port),
+                         cwd=tmp_path)
+    try:
+        wait_for_port(tunnel.listener_port)
+        name = "data.streams-trace-test.invalid"
+        code, out, err = initiator_run(
+            tunnel, "java", "-cp", str(java_classes), "HttpFetch",
+            f"http://{name}:8443/data.bin", "16", "200",
+            options=("--globus-contact", f"{name}:8443"), timeout=120)
+        assert (code, out) == (0, f"{hashlib.sha256(body).hexdigest()} 200\n"), err
+    finally:
+        server.terminate()
+        finish(server)
+
+
 def test_python_server_and_musl_client_both_under_streams_run(tunnel: Gateway,
                                                               musl_client: Path) -> None:
     server = listener_program(tunnel, sys.executable, str(PROGRAMS / "echo_server.py"),
@@ -399,12 +456,17 @@ def _listener_secret(tunnel: Gateway) -> bytes:
     return secret
 
 
-@pytest.mark.parametrize("server_kind", ["python-blocking-accept", "go-nonblocking-accept"])
+@pytest.mark.parametrize("server_kind", ["python-blocking-accept", "go-nonblocking-accept",
+                                         "java-selector-accept"])
 def test_wrong_secret_connection_never_reaches_the_program(
         tunnel: Gateway, server_kind: str, request: pytest.FixtureRequest) -> None:
     if server_kind.startswith("go"):
         go_server = request.getfixturevalue("go_server")
         command = [str(go_server), str(tunnel.listener_port), "1"]
+    elif server_kind.startswith("java"):
+        java_classes = request.getfixturevalue("java_classes")
+        command = ["java", "-cp", str(java_classes), "EchoServer", str(tunnel.listener_port),
+                   "1"]
     else:
         command = [sys.executable, str(PROGRAMS / "echo_server.py"),
                    str(tunnel.listener_port), "1"]
