@@ -1140,11 +1140,13 @@ def test_start_up_does_not_import_globus_sdk(tunnel: Gateway) -> None:
 
 
 class TinyNameserver:
-    """A UDP nameserver on 127.83.0.53:53 that knows one name, for the forwarding test."""
+    """A nameserver on 127.83.0.53:53 that knows one name, for the forwarding tests: over
+    UDP, and over TCP too with ``tcp`` (``asked_over_tcp`` lists those questions)."""
 
     ADDRESS = ("127.83.0.53", 53)
 
-    def __init__(self, name: str, answer: str, forge_first: bool = False) -> None:
+    def __init__(self, name: str, answer: str, forge_first: bool = False,
+                 tcp: bool = False) -> None:
         """``forge_first``: answer each query first with another query id and a wrong
         address, as a spoofer racing the nameserver would."""
         from streams_trace.supervisor import dns
@@ -1152,6 +1154,37 @@ class TinyNameserver:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(self.ADDRESS)
         self.asked: list[str] = []
+        self.asked_over_tcp: list[str] = []
+        self.stream: socket.socket | None = None
+        if tcp:
+            try:
+                self.stream = socket.create_server(self.ADDRESS)
+            except OSError:
+                self.sock.close()
+                raise
+            self.stream.settimeout(0.1)
+
+        def serve_stream() -> None:
+            assert self.stream is not None
+            while not self.stopping:
+                try:
+                    conn, _ = self.stream.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                with conn:
+                    conn.settimeout(10)
+                    stream = conn.makefile("rb")
+                    while header := stream.read(2):
+                        query = stream.read(int.from_bytes(header, "big"))
+                        question = dns.parse_question(query)
+                        if question is None:
+                            break
+                        self.asked_over_tcp.append(question.name)
+                        known = answer if question.name == name else None
+                        reply = dns.build_answer(query, question, known)
+                        conn.sendall(len(reply).to_bytes(2, "big") + reply)
 
         # Woken every 0.1 s to see whether it should stop: close() then waits for it, so
         # port 53 is free for the next test the moment close() returns (a UDP socket
@@ -1178,46 +1211,24 @@ class TinyNameserver:
                                                       "127.6.6.6"), client)
                 self.sock.sendto(dns.build_answer(query, question, known), client)
 
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=serve, daemon=True)]
+        if self.stream is not None:
+            self.threads.append(threading.Thread(target=serve_stream, daemon=True))
+        for thread in self.threads:
+            thread.start()
 
     def close(self) -> None:
         self.stopping = True
-        self.thread.join(timeout=10)
+        for thread in self.threads:
+            thread.join(timeout=15)
         self.sock.close()
-
-
-def test_a_tcp_connect_to_a_nameserver_is_left_alone(tunnel: Gateway) -> None:
-    """DNS over TCP (dig +tcp, a resolver after a truncated answer) goes to the nameserver
-    itself: the tunnel's responder answers UDP only. Here the nameserver is ours."""
-    if os.geteuid() != 0:
-        pytest.skip("binding port 53 needs root")
-    try:
-        nameserver = socket.create_server(("127.0.0.1", 53))
-    except OSError as exc:
-        pytest.skip(f"127.0.0.1:53 is taken here: {exc}")
-
-    def answer() -> None:
-        conn, _ = nameserver.accept()
-        with conn:
-            conn.settimeout(10)
-            conn.sendall(b"answer:" + conn.recv(100))
-
-    server = threading.Thread(target=answer, daemon=True)
-    server.start()
-    with nameserver:
-        code, out, err = initiator_run(
-            tunnel, sys.executable, "-c",
-            "import socket\n"
-            "with socket.create_connection(('127.0.0.1', 53), timeout=10) as conn:\n"
-            "    conn.sendall(b'query')\n"
-            "    print(conn.recv(100).decode())\n")
-    assert (code, out) == (0, "answer:query\n"), err
+        if self.stream is not None:
+            self.stream.close()
 
 
 def test_the_tunnel_address_works_without_a_lookup(tunnel: Gateway, echo: EchoListener) -> None:
-    """Where the name cannot resolve (DNS over TCP only: options use-vc), the address the
-    responder gives globus.<TUNNEL_ID>, as the man page says, is redirected all the same."""
+    """A program given the address the responder gives globus.<TUNNEL_ID> (fixed, as the
+    man page says) instead of the name is redirected all the same."""
     _, port = fake_contact(tunnel)
     address = str(next(FAKE_NETWORK.hosts()))
     assert address == "127.240.83.1"  # the man page names it
@@ -1448,6 +1459,51 @@ def test_the_name_service_cache_daemon_is_refused(tunnel: Gateway, tmp_path: Pat
                              text=True, timeout=60)
     native, traced = process.stdout.split()
     assert (native, traced) == ("0", str(errno.ECONNREFUSED)), process.stderr
+
+
+def test_names_resolve_over_tcp_with_use_vc(tunnel: Gateway, echo: EchoListener,
+                                            c_client: Path, go_client: Path,
+                                            tmp_path: Path) -> None:
+    """options use-vc: glibc and Go ask over TCP only. The tunnel's name resolves (its
+    connection goes to the tunnel), and another name's queries go, over TCP, to the
+    nameserver the program asked."""
+    nameserver, resolv = private_nameserver(tmp_path, "options use-vc timeout:5\n", tcp=True)
+    name, port = fake_contact(tunnel)
+    script = tmp_path / "resolve.sh"
+    script.write_text(f"set -e\n{RESOLVE_OTHER}\n{c_client} {name} {port}\n"
+                      f"{go_client} {name} {port}\n")
+    try:
+        process = run_with_resolv(resolv, tunnel, f"sh {script}")
+    finally:
+        nameserver.close()
+    assert process.returncode == 0, process.stderr
+    assert process.stdout == "127.0.0.1\necho:hello 0\nok 1\necho:hello go\n"
+    assert "other.streams-trace.test" in nameserver.asked_over_tcp
+    assert "other.streams-trace.test" not in nameserver.asked  # never over UDP
+    asked = nameserver.asked + nameserver.asked_over_tcp
+    assert not any(each.startswith("globus.") for each in asked), asked
+
+
+def test_a_nameserver_that_refuses_tcp_gets_servfail_at_once(tunnel: Gateway,
+                                                             tmp_path: Path) -> None:
+    """With use-vc and a nameserver that takes no TCP connection, the program's own
+    connection is to the responder: the query it cannot forward is answered SERVFAIL at
+    once, as the refused connection would have sent the resolver on, not left to time
+    out. The tunnel's name resolves all the same."""
+    nameserver, resolv = private_nameserver(tmp_path, "options use-vc timeout:10\n")
+    name, _ = fake_contact(tunnel)
+    script = tmp_path / "resolve.sh"
+    script.write_text(
+        f"{sys.executable} -c \"import socket; print(socket.gethostbyname('{name}'))\"\n"
+        f"{RESOLVE_OTHER} || echo failed\n")
+    started = time.monotonic()
+    try:
+        process = run_with_resolv(resolv, tunnel, f"sh {script}")
+    finally:
+        nameserver.close()
+    assert (process.returncode, process.stdout) == (0, "127.240.83.1\nfailed\n"), \
+        process.stderr
+    assert time.monotonic() - started < 8, "the resolver waited for its timeout"
 
 
 def test_other_names_still_resolve_through_the_real_nameserver(

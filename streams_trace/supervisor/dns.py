@@ -6,10 +6,14 @@ supervisor points the program's DNS sockets at this responder, which answers
 ``globus.<TUNNEL_ID>`` and the ``--globus-contact`` names with addresses of its
 choosing and forwards every other query, unchanged, to the nameserver the
 program meant to ask. The program still uses the real name (TLS keeps working).
+Resolvers that ask over TCP (``options use-vc``, or a retry after a truncated
+answer) reach it too: a TCP connect to a nameserver is pointed at the
+responder's stream listener, which does the same per message (RFC 7766 framing).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import logging
@@ -20,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from ..trace.sockaddr import SockAddr, address_key, python_address
-from .loop import Loop
+from .loop import Loop, Timer
 
 log = logging.getLogger("streams_trace.run")
 
@@ -38,6 +42,10 @@ FORWARD_TIMEOUT = 10.0
 # Queries forwarded and not yet answered, at most: each holds a socket until its answer
 # or FORWARD_TIMEOUT, and a silent nameserver must not run the supervisor out of them.
 MAX_PENDING_FORWARDS = 256
+# A DNS-over-TCP connection stops reading from one side while this much waits for the
+# other: a program or nameserver that sends faster than the other reads cannot fill us.
+STREAM_BUFFER = 1 << 17
+LENGTH = struct.Struct("!H")  # the two-byte length before each message over TCP
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,24 @@ def build_failure(query: bytes) -> bytes | None:
     return HEADER.pack(query_id, reply_flags, 1, 0, 0, 0) + query[HEADER.size : question.end]
 
 
+def _loopback_socket(family: int, kind: int) -> socket.socket | None:
+    """A non-blocking socket of ours on the loopback address of ``family`` (listening, for
+    a stream one), or None where the node has no such address (IPv6 turned off)."""
+    try:
+        sock = socket.socket(family, kind)
+    except OSError:
+        return None
+    try:
+        sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
 class Responder:
     """Answers the tunnel's names; forwards the rest to each client's own nameserver."""
 
@@ -128,58 +154,56 @@ class Responder:
         self.loop = loop
         self.names = {name.lower().rstrip("."): address for name, address in names.items()}
         self.nameserver_of: dict[tuple[str, int], SockAddr] = {}
-        self.sockets: dict[int, socket.socket] = {}
-        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-            try:
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-            except OSError:
-                continue
-            try:
-                sock.bind((host, 0))
-            except OSError:  # no IPv6 on this node
-                sock.close()
-                continue
-            sock.setblocking(False)
-            self.sockets[family] = sock
-            loop.watch(sock, selectors.EVENT_READ, functools.partial(self._on_query, sock))
+        # (family, SOCK_DGRAM or SOCK_STREAM) -> our socket that program sockets reach
+        self.sockets: dict[tuple[int, int], socket.socket] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                sock = _loopback_socket(family, kind)
+                if sock is not None:
+                    self.sockets[family, kind] = sock
+                    self._watch(sock, kind)
         self.answered = 0
         self.forwarded = 0
         self.pending = 0  # forwarded queries waiting for their answer
+        self.streams: set[StreamForwarder] = set()
         # Relay mode cannot learn a program socket's address (no pidfd_getfd), so each
         # nameserver a program asks gets a socket of its own: what that socket does not
         # answer goes to that nameserver.
-        self.dedicated: dict[tuple[int, SockAddr], socket.socket] = {}
+        self.dedicated: dict[tuple[int, int, SockAddr], socket.socket] = {}
         self.nameserver_of_socket: dict[int, SockAddr] = {}
 
-    def address_for(self, family: int, mapped: bool) -> tuple | None:
-        """Where a program socket of ``family`` should send its queries, or None."""
-        if family == socket.AF_INET6 and not mapped and socket.AF_INET6 in self.sockets:
-            host, port = self.sockets[socket.AF_INET6].getsockname()[:2]
+    def _watch(self, sock: socket.socket, kind: int) -> None:
+        on_ready = self._on_query if kind == socket.SOCK_DGRAM else self._on_stream
+        self.loop.watch(sock, selectors.EVENT_READ, functools.partial(on_ready, sock))
+
+    def address_for(self, family: int, mapped: bool,
+                    kind: int = socket.SOCK_DGRAM) -> tuple | None:
+        """Where a program socket of ``family`` and ``kind`` should send its queries, or
+        None."""
+        if family == socket.AF_INET6 and not mapped and (family, kind) in self.sockets:
+            host, port = self.sockets[family, kind].getsockname()[:2]
             return (host, port, 0, 0)
-        if socket.AF_INET not in self.sockets:
+        if (socket.AF_INET, kind) not in self.sockets:
             return None
-        host, port = self.sockets[socket.AF_INET].getsockname()
+        host, port = self.sockets[socket.AF_INET, kind].getsockname()
         if family == socket.AF_INET6:
             return ("::ffff:" + host, port, 0, 0)
         return (host, port)
 
-    def address_for_nameserver(self, family: int, nameserver: SockAddr) -> SockAddr | None:
+    def address_for_nameserver(self, family: int, nameserver: SockAddr,
+                               kind: int = socket.SOCK_DGRAM) -> SockAddr | None:
         """A responder address (as the program's sockaddr) that forwards to ``nameserver``."""
         own_family = socket.AF_INET6 if family == socket.AF_INET6 and not nameserver.mapped \
             else socket.AF_INET
-        key = (own_family, nameserver)
+        key = (own_family, kind, nameserver)
         sock = self.dedicated.get(key)
         if sock is None:
-            sock = socket.socket(own_family, socket.SOCK_DGRAM)
-            try:
-                sock.bind(("::1" if own_family == socket.AF_INET6 else "127.0.0.1", 0))
-            except OSError:
-                sock.close()
+            sock = _loopback_socket(own_family, kind)
+            if sock is None:
                 return None
-            sock.setblocking(False)
             self.dedicated[key] = sock
             self.nameserver_of_socket[sock.fileno()] = nameserver
-            self.loop.watch(sock, selectors.EVENT_READ, functools.partial(self._on_query, sock))
+            self._watch(sock, kind)
         host, port = sock.getsockname()[:2]
         return SockAddr(family, str(host), int(port), mapped=family != own_family)
 
@@ -271,7 +295,235 @@ class Responder:
         self.loop.watch(upstream, selectors.EVENT_READ, relay)
         timer = self.loop.call_at(time.monotonic() + FORWARD_TIMEOUT, done)
 
+    def _on_stream(self, listener: socket.socket) -> None:
+        """A program's TCP connection to a nameserver, pointed here: serve it."""
+        while True:
+            try:
+                conn, client = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors: the program's connection waits, then
+                return       # fails its resolver's timeout, and it asks again
+            self.streams.add(StreamForwarder(self, conn, client, listener.fileno()))
+
+    def nameserver_for_stream(self, client: tuple, listener_fd: int) -> SockAddr | None:
+        """The nameserver a TCP connection from ``client`` was meant for (each connection
+        is registered once, by its own address)."""
+        return self.nameserver_of.pop(address_key(client), None) or \
+            self.nameserver_of_socket.get(listener_fd)
+
     def close(self) -> None:
+        for stream in list(self.streams):
+            stream.close()
         for sock in [*self.sockets.values(), *self.dedicated.values()]:
             self.loop.unwatch(sock)
             sock.close()
+
+
+class StreamForwarder:
+    """One DNS-over-TCP connection of a program: each message comes after its two-byte
+    length. A query for the tunnel's names is answered here; every other message goes on,
+    whole and in order, over our own TCP connection to the nameserver the program meant,
+    and its replies come back whole, so an answer of ours never lands inside one of its.
+    Each end's close reaches the other, as through any TCP proxy."""
+
+    def __init__(self, responder: Responder, conn: socket.socket, client: tuple,
+                 listener_fd: int) -> None:
+        self.responder = responder
+        self.loop = responder.loop
+        self.conn = conn
+        self.client = client
+        self.listener_fd = listener_fd
+        self.upstream: socket.socket | None = None
+        # "none" (not needed yet), "connecting", "open", "sent-all" (the program's end
+        # passed on), "failed" (cannot be reached: SERVFAIL instead) or "closed" (it ended)
+        self.upstream_state = "none"
+        self.timer: Timer | None = None
+        self.from_client = b""  # what came from the program, not yet a whole message
+        self.from_upstream = b""  # likewise from the nameserver
+        self.to_client = bytearray()
+        self.to_upstream = bytearray()
+        self.client_ended = False  # the program has sent all it will
+        self.closed = False
+        conn.setblocking(False)
+        self._update()
+
+    def _update(self) -> None:
+        """Close when both sides are through; else watch each socket for what it can do
+        now, reading from neither while the other side has much to take."""
+        if self.closed:
+            return
+        upstream_live = self.upstream_state in ("connecting", "open", "sent-all")
+        if not self.to_client and (self.upstream_state == "closed" or
+                                   (self.client_ended and not upstream_live)):
+            self.close()
+            return
+        if (self.client_ended and self.upstream_state == "open" and not self.to_upstream
+                and self.upstream is not None):
+            try:
+                self.upstream.shutdown(socket.SHUT_WR)  # the program's end, passed on
+            except OSError:
+                pass
+            self.upstream_state = "sent-all"
+        client_events = selectors.EVENT_WRITE if self.to_client else 0
+        if not self.client_ended and len(self.to_upstream) < STREAM_BUFFER:
+            client_events |= selectors.EVENT_READ
+        if client_events:
+            self.loop.watch(self.conn, client_events, self._on_client)
+        else:
+            self.loop.unwatch(self.conn)
+        if self.upstream is None:
+            return
+        upstream_events = selectors.EVENT_WRITE if (
+            self.upstream_state == "connecting" or self.to_upstream) else 0
+        if self.upstream_state in ("open", "sent-all") and len(self.to_client) < STREAM_BUFFER:
+            upstream_events |= selectors.EVENT_READ
+        if upstream_events:
+            self.loop.watch(self.upstream, upstream_events, self._on_upstream)
+        else:
+            self.loop.unwatch(self.upstream)
+
+    def _on_client(self) -> None:
+        try:
+            if self.to_client:
+                del self.to_client[: self.conn.send(self.to_client)]
+            if not self.client_ended and len(self.to_upstream) < STREAM_BUFFER:
+                data = self.conn.recv(65536)
+                if data:
+                    self.from_client += data
+                    self._take_queries()
+                else:
+                    self.client_ended = True
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # the program reset its end
+            self.close()
+            return
+        self._update()
+
+    def _take_queries(self) -> None:
+        while len(self.from_client) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(self.from_client)
+            end = LENGTH.size + length
+            if len(self.from_client) < end:
+                return
+            message, self.from_client = self.from_client[LENGTH.size : end], \
+                self.from_client[end:]
+            question = parse_question(message)
+            if question is not None and question.name in self.responder.names:
+                self.responder.answered += 1
+                log.debug("dns: answered %s (type %d) for the tunnel, over TCP",
+                          question.name, question.qtype)
+                self._reply(build_answer(message, question,
+                                         self.responder.names[question.name]))
+            else:
+                self._forward(message)
+
+    def _reply(self, message: bytes) -> None:
+        self.to_client += LENGTH.pack(len(message)) + message
+
+    def _forward(self, message: bytes) -> None:
+        if self.upstream_state == "none":
+            self._open_upstream()
+        if self.upstream_state in ("failed", "closed"):
+            # As over UDP: SERVFAIL sends the resolver to its next nameserver at once.
+            failure = build_failure(message)
+            if failure is not None:
+                self._reply(failure)
+            return
+        self.responder.forwarded += 1
+        self.to_upstream += LENGTH.pack(len(message)) + message
+
+    def _open_upstream(self) -> None:
+        nameserver = self.responder.nameserver_for_stream(self.client, self.listener_fd)
+        self.upstream_state = "failed"
+        if nameserver is None:
+            return
+        family = socket.AF_INET6 if ":" in nameserver.host else socket.AF_INET
+        try:
+            upstream = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            return
+        upstream.setblocking(False)
+        error = upstream.connect_ex(python_address(nameserver, family))  # with its scope
+        if error not in (0, errno.EINPROGRESS):
+            upstream.close()
+            return
+        self.upstream = upstream
+        self.upstream_state = "connecting"
+        self.timer = self.loop.call_at(time.monotonic() + FORWARD_TIMEOUT, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.upstream_state == "connecting":
+            self._upstream_failed()
+            self._update()
+
+    def _upstream_failed(self) -> None:
+        """The nameserver cannot be reached: SERVFAIL each query it was to get."""
+        waiting, self.to_upstream = bytes(self.to_upstream), bytearray()
+        self._drop_upstream("failed")
+        while len(waiting) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(waiting)
+            failure = build_failure(waiting[LENGTH.size : LENGTH.size + length])
+            waiting = waiting[LENGTH.size + length :]
+            if failure is not None:
+                self._reply(failure)
+
+    def _drop_upstream(self, state: str) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.upstream is not None:
+            self.loop.unwatch(self.upstream)
+            self.upstream.close()
+            self.upstream = None
+        self.upstream_state = state
+
+    def _on_upstream(self) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        try:
+            if self.upstream_state == "connecting":
+                if upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    self._upstream_failed()
+                    self._update()
+                    return
+                self.upstream_state = "open"
+                if self.timer is not None:
+                    self.timer.cancel()
+                    self.timer = None
+            if self.to_upstream:
+                del self.to_upstream[: upstream.send(self.to_upstream)]
+            if len(self.to_client) < STREAM_BUFFER:
+                data = upstream.recv(65536)
+                if data:
+                    self._take_replies(data)
+                else:  # the nameserver is done: the program hears so after the rest
+                    self._drop_upstream("closed")
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # reset: so is the program's connection
+            self.close()
+            return
+        self._update()
+
+    def _take_replies(self, data: bytes) -> None:
+        self.from_upstream += data
+        while len(self.from_upstream) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(self.from_upstream)
+            end = LENGTH.size + length
+            if len(self.from_upstream) < end:
+                return
+            self.to_client += self.from_upstream[:end]
+            self.from_upstream = self.from_upstream[end:]
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._drop_upstream("closed")
+        self.responder.nameserver_of.pop(address_key(self.client), None)  # if never asked
+        self.loop.unwatch(self.conn)
+        self.conn.close()
+        self.responder.streams.discard(self)

@@ -405,6 +405,14 @@ class Redirector:
     def _redirect_dns(self, call: HeldCall, fd: int, nameserver: SockAddr) -> None:
         assert self.dns is not None
         sock = self.take_socket(call, fd)
+        if sock.type == socket.SOCK_STREAM:  # DNS over TCP: options use-vc, a retry
+            responder = self.dns.address_for(sock.family, nameserver.mapped, sock.type)
+            if responder is None:
+                sock.close()
+                call.resume()
+                return
+            DnsStreamConnect(self, call, fd, sock, nameserver, responder).start()
+            return
         try:
             responder = self.dns.address_for(sock.family, nameserver.mapped)
             if sock.type != socket.SOCK_DGRAM or responder is None:
@@ -547,7 +555,8 @@ class Redirector:
 class Operation:
     """One connection being set up for a held thread: socket I/O, a deadline, one log line."""
 
-    what = "connection"
+    name = ""  # what the program connects to, for log lines
+    unreachable = "access point unreachable"  # what a failed connect_socket means
 
     def __init__(self, owner: Redirector, call: HeldCall, fd: int) -> None:
         self.owner = owner
@@ -654,6 +663,84 @@ class Operation:
         if self._on_death in on_death:
             on_death.remove(self._on_death)
 
+    def _abandon(self) -> None:
+        """Undo the program's socket's connection (a connect still under way is aborted,
+        an open one reset), leaving the socket as a refused connect does: unconnected, so
+        a retry on it is a fresh connect."""
+        if self.sock is not None:
+            try:
+                pt.disconnect(self.sock.fileno())
+            except OSError:
+                pass
+
+    def connect_socket(self, destination: tuple) -> None:
+        """Connect the program's socket (taken) to ``destination`` as its connect would:
+        ``_connected`` once done (a blocking socket waits no longer than its
+        SO_SNDTIMEO), else ``finish`` with the error."""
+        sock = self.sock
+        assert sock is not None
+        if self._set_nonblocking():
+            self._keep_send_timeout(sock)
+        error = sock.connect_ex(destination)
+        if error == errno.ENETUNREACH and sock.family == socket.AF_INET6 and \
+                str(destination[0]).startswith("::ffff:"):
+            # An IPv6-only socket (Go's "tcp6") cannot reach an IPv4 access point;
+            # a socket not yet bound or connected may drop that flag, and then can.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                error = sock.connect_ex(destination)
+        if error == 0 and _fast_open_deferred(sock):
+            error = errno.EINPROGRESS
+        if error == errno.EINPROGRESS:
+            # A loopback connect is usually done by now: asking again says so (0), says
+            # EALREADY while it goes on, or gives its error, in one system call.
+            error = sock.connect_ex(destination)
+            if error == errno.EISCONN:
+                error = 0
+        elif error in (0, errno.EISCONN, errno.EALREADY):
+            # A fresh socket says EINPROGRESS: this one was connected, or connecting,
+            # already (0: a non-blocking connect of its own had finished). Its business:
+            # no handshake into its stream, and the kernel's answer.
+            self._restore()
+            self.call.complete(-error)
+            self.finished = True
+            self._release()
+            log.debug("connect fd %d of process %d to %s: the socket was connected already; "
+                      "the program gets %s", self.fd, self.call.tgid, self.name,
+                      errno.errorcode.get(error, "0"))
+            return
+        if error == 0:
+            self._connected()
+        elif error == errno.EALREADY:
+            self._hold()
+            self.loop.watch(sock, selectors.EVENT_WRITE, self._on_writable)
+        else:
+            self.finish(-error, f"{self.unreachable}: {os.strerror(error)}")
+
+    def _keep_send_timeout(self, sock: socket.socket) -> None:
+        """A blocking connect waits no longer than the socket's SO_SNDTIMEO, as in the
+        kernel; it then fails with ETIMEDOUT (the kernel says EINPROGRESS and connects
+        on in the background, which a connection not yet authenticated must not)."""
+        seconds, microseconds = _TIMEVAL.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size))
+        if seconds or microseconds:
+            self.deadline = min(self.deadline, self.started + seconds + microseconds / 1e6)
+
+    def _on_writable(self) -> None:
+        assert self.sock is not None
+        self.loop.unwatch(self.sock)
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.finish(-error, f"{self.unreachable}: {os.strerror(error)}")
+            return
+        self._connected()
+
+    def _connected(self) -> None:
+        raise NotImplementedError
+
+    def finish(self, result: int, outcome: str) -> None:
+        raise NotImplementedError
+
     def elapsed_ms(self) -> str:
         return f"{(time.monotonic() - self.started) * 1000:.2f} ms"
 
@@ -696,52 +783,7 @@ class ConnectRedirect(Operation):
             self.finish(-errno.EAFNOSUPPORT, "refused: an IPv4 socket cannot reach an IPv6 "
                         "access point")
             return
-        if self._set_nonblocking():
-            self._keep_send_timeout(sock)
-        error = sock.connect_ex(destination)
-        if error == errno.ENETUNREACH and sock.family == socket.AF_INET6 and \
-                str(destination[0]).startswith("::ffff:"):
-            # An IPv6-only socket (Go's "tcp6") cannot reach an IPv4 access point;
-            # a socket not yet bound or connected may drop that flag, and then can.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                error = sock.connect_ex(destination)
-        if error == 0 and _fast_open_deferred(sock):
-            error = errno.EINPROGRESS
-        if error == errno.EINPROGRESS:
-            # A loopback connect is usually done by now: asking again says so (0), says
-            # EALREADY while it goes on, or gives its error, in one system call.
-            error = sock.connect_ex(destination)
-            if error == errno.EISCONN:
-                error = 0
-        elif error in (0, errno.EISCONN, errno.EALREADY):
-            # A fresh socket says EINPROGRESS: this one was connected, or connecting,
-            # already (0: a non-blocking connect of its own had finished). Its business:
-            # no handshake into its stream, and the kernel's answer.
-            self._restore()
-            self.call.complete(-error)
-            self.finished = True
-            self._release()
-            log.debug("connect fd %d of process %d to %s: the socket was connected already; "
-                      "the program gets %s", self.fd, self.call.tgid, self.name,
-                      errno.errorcode.get(error, "0"))
-            return
-        if error == 0:
-            self._connected()
-        elif error == errno.EALREADY:
-            self._hold()
-            self.loop.watch(sock, selectors.EVENT_WRITE, self._on_writable)
-        else:
-            self.finish(-error, f"access point unreachable: {os.strerror(error)}")
-
-    def _keep_send_timeout(self, sock: socket.socket) -> None:
-        """A blocking connect waits no longer than the socket's SO_SNDTIMEO, as in the
-        kernel; it then fails with ETIMEDOUT (the kernel says EINPROGRESS and connects
-        on in the background, which a connection not yet authenticated must not)."""
-        seconds, microseconds = _TIMEVAL.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size))
-        if seconds or microseconds:
-            self.deadline = min(self.deadline, self.started + seconds + microseconds / 1e6)
+        self.connect_socket(destination)
 
     def _destination(self, family: int) -> tuple | None:
         known = self.owner.destinations
@@ -750,15 +792,6 @@ class ConnectRedirect(Operation):
             known[family] = (None if family != socket.AF_INET6 and ":" in host
                              else sa_codec.python_address(SockAddr(family, host, port), family))
         return known[family]
-
-    def _on_writable(self) -> None:
-        assert self.sock is not None
-        self.loop.unwatch(self.sock)
-        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self.finish(-error, f"access point unreachable: {os.strerror(error)}")
-            return
-        self._connected()
 
     def _connected(self) -> None:
         assert self.sock is not None
@@ -786,16 +819,6 @@ class ConnectRedirect(Operation):
         self._abandon()
         self.finish(-errno.ETIMEDOUT, "timed out")
 
-    def _abandon(self) -> None:
-        """Undo the program's socket's connection to the access point (a connect still
-        under way is aborted, an open one reset), leaving the socket as a refused connect
-        does: unconnected, so a retry on it is a fresh connect."""
-        if self.sock is not None:
-            try:
-                pt.disconnect(self.sock.fileno())
-            except OSError:
-                pass
-
     def finish(self, result: int, outcome: str) -> None:
         if self.finished:
             return
@@ -818,6 +841,46 @@ class ConnectRedirect(Operation):
                 "" if result == 0
                 else f", the program gets {errno.errorcode.get(-result, result)}",
             )
+
+
+class DnsStreamConnect(Operation):
+    """A program's TCP connect to a nameserver, made to the responder's stream listener
+    instead, which answers the tunnel's names and forwards the rest to that nameserver."""
+
+    unreachable = "the responder is unreachable"
+
+    def __init__(self, owner: Redirector, call: HeldCall, fd: int, sock: socket.socket,
+                 nameserver: SockAddr, responder: tuple) -> None:
+        super().__init__(owner, call, fd)
+        self.sock = sock
+        self.nameserver = nameserver
+        self.name = f"nameserver {nameserver}"
+        self.responder = responder
+
+    def start(self) -> None:
+        self.connect_socket(self.responder)
+
+    def _connected(self) -> None:
+        assert self.sock is not None and self.owner.dns is not None
+        # Before the program can send a query: the responder looks it up by this address.
+        self.owner.dns.register(self.sock.getsockname(), self.nameserver)
+        self.finish(0, "connected to the tunnel's responder")
+
+    def timed_out(self) -> None:
+        self._abandon()
+        self.finish(-errno.ETIMEDOUT, "timed out")
+
+    def finish(self, result: int, outcome: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._restore()
+        self.call.complete(result)
+        self._release()
+        log.debug("dns: TCP connect fd %d of process %d to %s: %s in %s%s", self.fd,
+                  self.call.tgid, self.nameserver, outcome, self.elapsed_ms(),
+                  "" if result == 0
+                  else f", the program gets {errno.errorcode.get(-result, result)}")
 
 
 class AcceptCheck(Operation):

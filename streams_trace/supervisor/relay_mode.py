@@ -284,23 +284,28 @@ class Relay:
 
     # -- names -------------------------------------------------------------------------
 
-    def _responder(self, task: Task, nameserver: SockAddr) -> SockAddr | None:
+    def _responder(self, task: Task, nameserver: SockAddr,
+                   kind: int = socket.SOCK_DGRAM) -> SockAddr | None:
         """The responder that stands in for ``nameserver``; None when the task went on as is."""
         dns = self.owner.dns
         assert dns is not None
         if not self.ensure_scratch(task):
             return None
-        responder = dns.address_for_nameserver(nameserver.family, nameserver)
+        responder = dns.address_for_nameserver(nameserver.family, nameserver, kind)
         if responder is None:
             self.tracer.resume(task)
         return responder
 
     def redirect_dns_connect(self, task: Task, fd: int, nameserver: SockAddr) -> None:
-        # Only a datagram socket goes to the responder (it answers UDP): a TCP query
-        # (dig +tcp, a resolver after a truncated answer) goes on to the nameserver.
-        if not self._only_for(task, fd, socket.SOCK_DGRAM):
+        # A datagram socket goes to the responder's socket for this nameserver, a stream
+        # one (DNS over TCP: options use-vc, a retry) to its listener for it.
+        kind = self._socket_type(task, fd)
+        if kind is None:
             return
-        responder = self._responder(task, nameserver)
+        if kind not in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            self.tracer.resume(task)
+            return
+        responder = self._responder(task, nameserver, kind)
         if responder is None:
             return
         data = sa_codec.encode(responder)
