@@ -1164,6 +1164,22 @@ class TinyNameserver:
                 raise
             self.stream.settimeout(0.1)
 
+        def serve_connection(conn: socket.socket) -> None:
+            with conn, conn.makefile("rb") as stream:
+                conn.settimeout(10)
+                try:
+                    while header := stream.read(2):
+                        query = stream.read(int.from_bytes(header, "big"))
+                        question = dns.parse_question(query)
+                        if question is None:
+                            return
+                        self.asked_over_tcp.append(question.name)
+                        known = answer if question.name == name else None
+                        reply = dns.build_answer(query, question, known)
+                        conn.sendall(len(reply).to_bytes(2, "big") + reply)
+                except OSError:
+                    return
+
         def serve_stream() -> None:
             assert self.stream is not None
             while not self.stopping:
@@ -1173,18 +1189,7 @@ class TinyNameserver:
                     continue
                 except OSError:
                     return
-                with conn:
-                    conn.settimeout(10)
-                    stream = conn.makefile("rb")
-                    while header := stream.read(2):
-                        query = stream.read(int.from_bytes(header, "big"))
-                        question = dns.parse_question(query)
-                        if question is None:
-                            break
-                        self.asked_over_tcp.append(question.name)
-                        known = answer if question.name == name else None
-                        reply = dns.build_answer(query, question, known)
-                        conn.sendall(len(reply).to_bytes(2, "big") + reply)
+                threading.Thread(target=serve_connection, args=(conn,), daemon=True).start()
 
         # Woken every 0.1 s to see whether it should stop: close() then waits for it, so
         # port 53 is free for the next test the moment close() returns (a UDP socket
@@ -1484,26 +1489,51 @@ def test_names_resolve_over_tcp_with_use_vc(tunnel: Gateway, echo: EchoListener,
     assert not any(each.startswith("globus.") for each in asked), asked
 
 
-def test_a_nameserver_that_refuses_tcp_gets_servfail_at_once(tunnel: Gateway,
-                                                             tmp_path: Path) -> None:
-    """With use-vc and a nameserver that takes no TCP connection, the program's own
-    connection is to the responder: the query it cannot forward is answered SERVFAIL at
-    once, as the refused connection would have sent the resolver on, not left to time
-    out. The tunnel's name resolves all the same."""
-    nameserver, resolv = private_nameserver(tmp_path, "options use-vc timeout:10\n")
-    name, _ = fake_contact(tunnel)
-    script = tmp_path / "resolve.sh"
-    script.write_text(
-        f"{sys.executable} -c \"import socket; print(socket.gethostbyname('{name}'))\"\n"
-        f"{RESOLVE_OTHER} || echo failed\n")
-    started = time.monotonic()
+def tcp_nameserver(tcp: bool) -> TinyNameserver:
+    """Our nameserver on 127.83.0.53:53, taking TCP connections or not."""
+    if os.geteuid() != 0:
+        pytest.skip("binding port 53 needs root")
     try:
-        process = run_with_resolv(resolv, tunnel, f"sh {script}")
+        return TinyNameserver("other.streams-trace.test", "127.0.0.1", tcp=tcp)
+    except OSError as exc:
+        pytest.skip(f"cannot bind the test nameserver on 127.83.0.53:53: {exc}")
+
+
+def test_pipelined_tcp_queries_each_get_their_answer(tunnel: Gateway) -> None:
+    """Many queries in one write, then the program's end: the tunnel's names are answered
+    by the responder, the others by the nameserver the program asked, each answer whole,
+    and the connection ends once every answer is back."""
+    nameserver = tcp_nameserver(tcp=True)
+    name, _ = fake_contact(tunnel)
+    names = [name, "other.streams-trace.test", "unknown.streams-trace.test"] * 40
+    try:
+        code, out, err = initiator_run(tunnel, sys.executable,
+                                       str(PROGRAMS / "dns_tcp_client.py"),
+                                       TinyNameserver.ADDRESS[0], *names)
     finally:
         nameserver.close()
-    assert (process.returncode, process.stdout) == (0, "127.240.83.1\nfailed\n"), \
-        process.stderr
-    assert time.monotonic() - started < 8, "the resolver waited for its timeout"
+    replies = {name: "rcode=0 127.240.83.1", "other.streams-trace.test": "rcode=0 127.0.0.1",
+               "unknown.streams-trace.test": "rcode=0 -"}
+    assert (code, out) == (0, "".join(f"{each} {replies[each]}\n" for each in names)), err
+    assert sorted(nameserver.asked_over_tcp) == sorted(names[1:3] * 40)
+
+
+def test_a_nameserver_that_refuses_tcp_gets_the_program_servfail(tunnel: Gateway) -> None:
+    """The program's TCP connection is to the responder: a query it cannot pass on (the
+    nameserver takes no TCP connection) gets SERVFAIL, which sends a resolver on to its
+    next nameserver at once, as the refused connection would have; the tunnel's name is
+    answered all the same."""
+    nameserver = tcp_nameserver(tcp=False)
+    name, _ = fake_contact(tunnel)
+    try:
+        code, out, err = initiator_run(tunnel, sys.executable,
+                                       str(PROGRAMS / "dns_tcp_client.py"),
+                                       TinyNameserver.ADDRESS[0], "other.streams-trace.test",
+                                       name)
+    finally:
+        nameserver.close()
+    assert (code, out) == (0, f"other.streams-trace.test rcode=2 -\n{name} rcode=0 "
+                              "127.240.83.1\n"), err
 
 
 def test_other_names_still_resolve_through_the_real_nameserver(

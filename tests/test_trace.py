@@ -5,6 +5,7 @@ Pure functions get unit tests; the filter is also loaded into a real child proce
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -13,11 +14,13 @@ import platform
 import re
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from streams_trace.supervisor import dns
+from streams_trace.supervisor.loop import Loop
 from streams_trace.supervisor.redirect import Redirector, Settings
 from streams_trace.supervisor.tracer import Task, TracedCall
 from streams_trace.trace import arch, ptraceapi, seccomp, sockaddr, usernotify
@@ -245,6 +248,110 @@ def test_dns_answers_a_and_nodata() -> None:
 @pytest.mark.parametrize("junk", [b"", b"\x00" * 5, b"\x00" * 12 + b"\x40" + b"a" * 70])
 def test_dns_ignores_junk(junk: bytes) -> None:
     assert dns.parse_question(junk) is None
+
+
+def _tcp_query(query_id: int, name: str) -> bytes:
+    message = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        message += bytes([len(label)]) + label.encode()
+    message += b"\0" + struct.pack("!HH", dns.QTYPE_A, dns.QCLASS_IN)
+    return struct.pack("!H", len(message)) + message
+
+
+def _responder_stream(nameserver: tuple[str, int] | None = None
+                      ) -> tuple[Loop, dns.Responder, socket.socket]:
+    """A responder on a loop of its own, and a program's TCP connection to it, registered
+    for ``nameserver`` (as the redirect does) when one is given."""
+    loop = Loop()
+    responder = dns.Responder(loop, {"globus.abc": "127.240.83.1"})
+    address = responder.address_for(socket.AF_INET, False, socket.SOCK_STREAM)
+    assert address is not None
+    program = socket.socket()
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # small, so a test can fill them
+        program.setsockopt(socket.SOL_SOCKET, option, 4096)
+    program.connect(address)
+    if nameserver is not None:
+        responder.register(program.getsockname(), sockaddr.SockAddr(socket.AF_INET,
+                                                                     *nameserver),
+                           socket.SOCK_STREAM)
+    return loop, responder, program
+
+
+def _run_loop(loop: Loop, seconds: float) -> None:
+    """Run ``loop`` for about ``seconds`` (a timer bounds each wait)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        timer = loop.call_at(min(deadline, time.monotonic() + 0.01), lambda: None)
+        loop.run_once()
+        timer.cancel()
+        if time.monotonic() >= deadline:
+            return
+
+
+def test_a_program_that_sends_and_never_reads_fills_no_more_than_the_buffer() -> None:
+    """Pipelined queries from a program that does not read its answers: the responder
+    stops reading once STREAM_BUFFER of answers waits, then sleeps rather than spins;
+    when the program reads, every whole query gets its answer."""
+    loop, responder, program = _responder_stream()
+    program.setblocking(False)
+    query = _tcp_query(7, "globus.abc")
+    queries = query * 100_000
+    sent = 0
+    try:
+        _run_loop(loop, 0.01)  # accepted; a small send buffer there too
+        (stream,) = responder.streams
+        stream.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        while True:  # until a round of the loop lets the program send nothing more
+            before = sent
+            with contextlib.suppress(BlockingIOError):
+                while sent < len(queries):
+                    sent += program.send(queries[sent : sent + 65536])
+            _run_loop(loop, 0.05)
+            if sent == before or sent == len(queries):
+                break
+        assert sent < len(queries)
+        assert 0 < len(stream.to_client) < 2 * dns.STREAM_BUFFER
+        assert not loop.poller.poll(100)  # nothing ready: the loop sleeps
+        program.shutdown(socket.SHUT_WR)
+        received = bytearray()
+        while True:
+            _run_loop(loop, 0.01)
+            try:
+                chunk = program.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            received += chunk
+        answer = dns.build_answer(query[2:], dns.parse_question(query[2:]), "127.240.83.1")
+        assert bytes(received) == (struct.pack("!H", len(answer)) + answer) * (sent // len(query))
+        assert not responder.streams
+    finally:
+        program.close()
+        responder.close()
+
+
+def test_a_silent_nameserver_loses_the_connection_after_the_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nameserver that takes the connection and never answers: after FORWARD_TIMEOUT
+    without a byte the program's connection ends, and nothing of it is left behind."""
+    monkeypatch.setattr(dns, "FORWARD_TIMEOUT", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        loop, responder, program = _responder_stream(silent.getsockname())
+        try:
+            program.sendall(_tcp_query(1, "other.example"))
+            program.settimeout(0.01)
+            started = time.monotonic()
+            ended = None
+            while time.monotonic() - started < 5 and ended is None:
+                loop.run_once()
+                with contextlib.suppress(TimeoutError):
+                    ended = program.recv(100)
+            assert ended == b"" and 0.4 < time.monotonic() - started < 3
+            assert not responder.streams
+        finally:
+            program.close()
+            responder.close()
 
 
 class _RecordingTracer:

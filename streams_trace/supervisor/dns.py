@@ -13,6 +13,8 @@ responder's stream listener, which does the same per message (RFC 7766 framing).
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import errno
 import functools
 import ipaddress
@@ -46,6 +48,8 @@ MAX_PENDING_FORWARDS = 256
 # other: a program or nameserver that sends faster than the other reads cannot fill us.
 STREAM_BUFFER = 1 << 17
 LENGTH = struct.Struct("!H")  # the two-byte length before each message over TCP
+MAX_STREAMS = 128  # DNS-over-TCP connections open at once; more are closed at once
+ACCEPT_RETRY = 0.1  # s before accepting again when out of descriptors
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,10 @@ class Responder:
     def __init__(self, loop: Loop, names: dict[str, str]) -> None:
         self.loop = loop
         self.names = {name.lower().rstrip("."): address for name, address in names.items()}
-        self.nameserver_of: dict[tuple[str, int], SockAddr] = {}
+        # A program socket's address -> the nameserver it asked, per kind (a TCP and a UDP
+        # socket may have the same port number).
+        self.nameserver_of: dict[int, dict[tuple[str, int], SockAddr]] = {
+            socket.SOCK_DGRAM: {}, socket.SOCK_STREAM: {}}
         # (family, SOCK_DGRAM or SOCK_STREAM) -> our socket that program sockets reach
         self.sockets: dict[tuple[int, int], socket.socket] = {}
         for family in (socket.AF_INET, socket.AF_INET6):
@@ -211,9 +218,11 @@ class Responder:
         question = parse_question(query)
         return question is not None and question.name in self.names
 
-    def register(self, client: tuple, nameserver: SockAddr) -> None:
-        """Queries from ``client`` (a program's socket) that are not ours go to ``nameserver``."""
-        self.nameserver_of[address_key(client)] = nameserver
+    def register(self, client: tuple, nameserver: SockAddr,
+                 kind: int = socket.SOCK_DGRAM) -> None:
+        """Queries from ``client`` (a program's socket of ``kind``) that are not ours go to
+        ``nameserver``."""
+        self.nameserver_of[kind][address_key(client)] = nameserver
 
     def _on_query(self, sock: socket.socket) -> None:
         while True:
@@ -236,7 +245,7 @@ class Responder:
             self._forward(sock, query, client)
 
     def _forward(self, sock: socket.socket, query: bytes, client: tuple) -> None:
-        nameserver = self.nameserver_of.get(address_key(client)) or \
+        nameserver = self.nameserver_of[socket.SOCK_DGRAM].get(address_key(client)) or \
             self.nameserver_of_socket.get(sock.fileno())
         if nameserver is None:
             return
@@ -302,14 +311,30 @@ class Responder:
                 conn, client = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of descriptors: the program's connection waits, then
-                return       # fails its resolver's timeout, and it asks again
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    continue  # that connection is gone (ECONNABORTED): the next one
+                # Out of descriptors: the connection stays queued, and the listener
+                # readable. Look again in a while instead of spinning on it meanwhile.
+                self.loop.unwatch(listener)
+                self.loop.call_at(time.monotonic() + ACCEPT_RETRY,
+                                  functools.partial(self._accept_again, listener))
+                return
+            if len(self.streams) >= MAX_STREAMS:
+                log.debug("dns: %d TCP connections already open; closing one more",
+                          len(self.streams))
+                conn.close()  # the resolver asks its next nameserver
+                continue
             self.streams.add(StreamForwarder(self, conn, client, listener.fileno()))
 
+    def _accept_again(self, listener: socket.socket) -> None:
+        if listener.fileno() >= 0:  # not closed meanwhile
+            self._watch(listener, socket.SOCK_STREAM)
+
     def nameserver_for_stream(self, client: tuple, listener_fd: int) -> SockAddr | None:
-        """The nameserver a TCP connection from ``client`` was meant for (each connection
-        is registered once, by its own address)."""
-        return self.nameserver_of.pop(address_key(client), None) or \
+        """The nameserver a TCP connection from ``client`` was meant for (registered by its
+        address for this one connection, or by the listener it came to in relay mode)."""
+        return self.nameserver_of[socket.SOCK_STREAM].pop(address_key(client), None) or \
             self.nameserver_of_socket.get(listener_fd)
 
     def close(self) -> None:
@@ -320,12 +345,45 @@ class Responder:
             sock.close()
 
 
+class Upstream(enum.Enum):
+    """Our connection to the nameserver, for one of a program's DNS-over-TCP connections."""
+
+    NONE = "not needed yet"
+    CONNECTING = "connecting"
+    OPEN = "open"
+    SENT_ALL = "open, the program's end passed on"
+    FAILED = "cannot be reached: SERVFAIL instead"
+    CLOSED = "ended"
+
+
+LIVE = (Upstream.CONNECTING, Upstream.OPEN, Upstream.SENT_ALL)
+
+
+def take_messages(buffer: bytearray) -> list[bytes]:
+    """The whole length-prefixed messages at the start of ``buffer``, taken out of it."""
+    messages, offset = [], 0
+    while len(buffer) - offset >= LENGTH.size:
+        (length,) = LENGTH.unpack_from(buffer, offset)
+        end = offset + LENGTH.size + length
+        if end > len(buffer):
+            break
+        messages.append(bytes(buffer[offset + LENGTH.size : end]))
+        offset = end
+    del buffer[:offset]
+    return messages
+
+
+def framed(message: bytes) -> bytes:
+    return LENGTH.pack(len(message)) + message
+
+
 class StreamForwarder:
     """One DNS-over-TCP connection of a program: each message comes after its two-byte
     length. A query for the tunnel's names is answered here; every other message goes on,
     whole and in order, over our own TCP connection to the nameserver the program meant,
     and its replies come back whole, so an answer of ours never lands inside one of its.
-    Each end's close reaches the other, as through any TCP proxy."""
+    Each end's close reaches the other, as through any TCP proxy, and a nameserver that
+    keeps the program waiting FORWARD_TIMEOUT without a byte loses the connection."""
 
     def __init__(self, responder: Responder, conn: socket.socket, client: tuple,
                  listener_fd: int) -> None:
@@ -335,108 +393,79 @@ class StreamForwarder:
         self.client = client
         self.listener_fd = listener_fd
         self.upstream: socket.socket | None = None
-        # "none" (not needed yet), "connecting", "open", "sent-all" (the program's end
-        # passed on), "failed" (cannot be reached: SERVFAIL instead) or "closed" (it ended)
-        self.upstream_state = "none"
-        self.timer: Timer | None = None
-        self.from_client = b""  # what came from the program, not yet a whole message
-        self.from_upstream = b""  # likewise from the nameserver
+        self.state = Upstream.NONE
+        self.from_client = bytearray()  # not yet a whole message
+        self.from_upstream = bytearray()
         self.to_client = bytearray()
         self.to_upstream = bytearray()
+        self.awaiting = 0  # queries passed on and not yet answered
         self.client_ended = False  # the program has sent all it will
         self.closed = False
+        self.progress = time.monotonic()  # when the nameserver last moved a byte
+        self.waiting = False  # on the nameserver, as of the last _update
+        self.timer: Timer | None = None
         conn.setblocking(False)
         self._update()
 
-    def _update(self) -> None:
-        """Close when both sides are through; else watch each socket for what it can do
-        now, reading from neither while the other side has much to take."""
-        if self.closed:
-            return
-        upstream_live = self.upstream_state in ("connecting", "open", "sent-all")
-        if not self.to_client and (self.upstream_state == "closed" or
-                                   (self.client_ended and not upstream_live)):
-            self.close()
-            return
-        if (self.client_ended and self.upstream_state == "open" and not self.to_upstream
-                and self.upstream is not None):
-            try:
-                self.upstream.shutdown(socket.SHUT_WR)  # the program's end, passed on
-            except OSError:
-                pass
-            self.upstream_state = "sent-all"
-        client_events = selectors.EVENT_WRITE if self.to_client else 0
-        if not self.client_ended and len(self.to_upstream) < STREAM_BUFFER:
-            client_events |= selectors.EVENT_READ
-        if client_events:
-            self.loop.watch(self.conn, client_events, self._on_client)
-        else:
-            self.loop.unwatch(self.conn)
-        if self.upstream is None:
-            return
-        upstream_events = selectors.EVENT_WRITE if (
-            self.upstream_state == "connecting" or self.to_upstream) else 0
-        if self.upstream_state in ("open", "sent-all") and len(self.to_client) < STREAM_BUFFER:
-            upstream_events |= selectors.EVENT_READ
-        if upstream_events:
-            self.loop.watch(self.upstream, upstream_events, self._on_upstream)
-        else:
-            self.loop.unwatch(self.upstream)
+    # -- the program's side --------------------------------------------------------------
+
+    def _reads_client(self) -> bool:
+        return (not self.client_ended and len(self.to_upstream) < STREAM_BUFFER
+                and len(self.to_client) < STREAM_BUFFER)
 
     def _on_client(self) -> None:
         try:
             if self.to_client:
                 del self.to_client[: self.conn.send(self.to_client)]
-            if not self.client_ended and len(self.to_upstream) < STREAM_BUFFER:
-                data = self.conn.recv(65536)
-                if data:
-                    self.from_client += data
-                    self._take_queries()
-                else:
-                    self.client_ended = True
         except (BlockingIOError, InterruptedError):
             pass
-        except OSError:  # the program reset its end
+        except OSError:  # the program reset or closed its end: nothing more to do
             self.close()
             return
+        if self._reads_client():
+            try:
+                data = self.conn.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self.close()
+                return
+            if data == b"":
+                self.client_ended = True  # a partial message left over is never answered
+            elif data:
+                self.from_client += data
+                for message in take_messages(self.from_client):
+                    self._on_message(message)
         self._update()
 
-    def _take_queries(self) -> None:
-        while len(self.from_client) >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(self.from_client)
-            end = LENGTH.size + length
-            if len(self.from_client) < end:
-                return
-            message, self.from_client = self.from_client[LENGTH.size : end], \
-                self.from_client[end:]
-            question = parse_question(message)
-            if question is not None and question.name in self.responder.names:
-                self.responder.answered += 1
-                log.debug("dns: answered %s (type %d) for the tunnel, over TCP",
-                          question.name, question.qtype)
-                self._reply(build_answer(message, question,
-                                         self.responder.names[question.name]))
-            else:
-                self._forward(message)
-
-    def _reply(self, message: bytes) -> None:
-        self.to_client += LENGTH.pack(len(message)) + message
-
-    def _forward(self, message: bytes) -> None:
-        if self.upstream_state == "none":
-            self._open_upstream()
-        if self.upstream_state in ("failed", "closed"):
-            # As over UDP: SERVFAIL sends the resolver to its next nameserver at once.
-            failure = build_failure(message)
-            if failure is not None:
-                self._reply(failure)
+    def _on_message(self, message: bytes) -> None:
+        question = parse_question(message)
+        if question is not None and question.name in self.responder.names:
+            self.responder.answered += 1
+            log.debug("dns: answered %s (type %d) for the tunnel, over TCP", question.name,
+                      question.qtype)
+            self.to_client += framed(build_answer(message, question,
+                                                  self.responder.names[question.name]))
             return
-        self.responder.forwarded += 1
-        self.to_upstream += LENGTH.pack(len(message)) + message
+        if self.state is Upstream.NONE:
+            self._open_upstream()
+        if self.state in LIVE:
+            self.responder.forwarded += 1
+            self.awaiting += 1
+            self.to_upstream += framed(message)
+        else:  # as over UDP: SERVFAIL sends the resolver to its next nameserver at once
+            self._fail(message)
+
+    def _fail(self, message: bytes) -> None:
+        failure = build_failure(message)
+        if failure is not None:
+            self.to_client += framed(failure)
+
+    # -- the nameserver's side -------------------------------------------------------------
 
     def _open_upstream(self) -> None:
+        self.state = Upstream.FAILED
         nameserver = self.responder.nameserver_for_stream(self.client, self.listener_fd)
-        self.upstream_state = "failed"
         if nameserver is None:
             return
         family = socket.AF_INET6 if ":" in nameserver.host else socket.AF_INET
@@ -450,80 +479,132 @@ class StreamForwarder:
             upstream.close()
             return
         self.upstream = upstream
-        self.upstream_state = "connecting"
-        self.timer = self.loop.call_at(time.monotonic() + FORWARD_TIMEOUT, self._on_timeout)
-
-    def _on_timeout(self) -> None:
-        self.timer = None
-        if self.upstream_state == "connecting":
-            self._upstream_failed()
-            self._update()
-
-    def _upstream_failed(self) -> None:
-        """The nameserver cannot be reached: SERVFAIL each query it was to get."""
-        waiting, self.to_upstream = bytes(self.to_upstream), bytearray()
-        self._drop_upstream("failed")
-        while len(waiting) >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(waiting)
-            failure = build_failure(waiting[LENGTH.size : LENGTH.size + length])
-            waiting = waiting[LENGTH.size + length :]
-            if failure is not None:
-                self._reply(failure)
-
-    def _drop_upstream(self, state: str) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.upstream is not None:
-            self.loop.unwatch(self.upstream)
-            self.upstream.close()
-            self.upstream = None
-        self.upstream_state = state
+        self.state = Upstream.CONNECTING
+        self.progress = time.monotonic()
 
     def _on_upstream(self) -> None:
         upstream = self.upstream
         assert upstream is not None
+        if self.state is Upstream.CONNECTING:
+            if upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                self._upstream_failed()
+                self._update()
+                return
+            self.state = Upstream.OPEN
+            self.progress = time.monotonic()
         try:
-            if self.upstream_state == "connecting":
-                if upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                    self._upstream_failed()
-                    self._update()
-                    return
-                self.upstream_state = "open"
-                if self.timer is not None:
-                    self.timer.cancel()
-                    self.timer = None
             if self.to_upstream:
                 del self.to_upstream[: upstream.send(self.to_upstream)]
-            if len(self.to_client) < STREAM_BUFFER:
-                data = upstream.recv(65536)
-                if data:
-                    self._take_replies(data)
-                else:  # the nameserver is done: the program hears so after the rest
-                    self._drop_upstream("closed")
+                self.progress = time.monotonic()
         except (BlockingIOError, InterruptedError):
             pass
-        except OSError:  # reset: so is the program's connection
-            self.close()
+        except OSError:  # reset: the program hears the end after what came before
+            self._drop_upstream(Upstream.CLOSED)
+            self._update()
             return
+        if len(self.to_client) < STREAM_BUFFER:
+            try:
+                data = upstream.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":  # the nameserver is done: so is the program, after the rest
+                self._drop_upstream(Upstream.CLOSED)
+            elif data:
+                self.progress = time.monotonic()
+                self.from_upstream += data
+                for message in take_messages(self.from_upstream):
+                    self.to_client += framed(message)
+                    self.awaiting = max(self.awaiting - 1, 0)
         self._update()
 
-    def _take_replies(self, data: bytes) -> None:
-        self.from_upstream += data
-        while len(self.from_upstream) >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(self.from_upstream)
-            end = LENGTH.size + length
-            if len(self.from_upstream) < end:
-                return
-            self.to_client += self.from_upstream[:end]
-            self.from_upstream = self.from_upstream[end:]
+    def _upstream_failed(self) -> None:
+        """The nameserver cannot be reached: SERVFAIL each query it was to get."""
+        waiting = take_messages(self.to_upstream)
+        self.responder.forwarded -= len(waiting)
+        self.awaiting = 0
+        self._drop_upstream(Upstream.FAILED)
+        for message in waiting:
+            self._fail(message)
+
+    def _drop_upstream(self, state: Upstream) -> None:
+        if self.upstream is not None:
+            self.loop.unwatch(self.upstream)
+            self.upstream.close()
+            self.upstream = None
+        self.state = state
+
+    def _waits_on_upstream(self) -> bool:
+        """Whether the nameserver owes something: the connection, answers, or its end."""
+        return self.state is Upstream.CONNECTING or (
+            self.state in LIVE and (self.awaiting > 0 or self.client_ended))
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.closed or not self._waits_on_upstream():
+            return
+        if time.monotonic() - self.progress < FORWARD_TIMEOUT:
+            self._update()  # it moved since: wait on from then
+            return
+        log.debug("dns: a nameserver kept a TCP query waiting %.0f s; giving up",
+                  FORWARD_TIMEOUT)
+        if self.state is Upstream.CONNECTING:
+            self._upstream_failed()
+        else:
+            self._drop_upstream(Upstream.CLOSED)
+        self._update()
+
+    # -- both --------------------------------------------------------------------------
+
+    def _update(self) -> None:
+        """Close when both sides are through; else watch each socket for what it can do
+        now, reading from neither while the other side has much to take."""
+        if self.closed:
+            return
+        if not self.to_client and (self.state is Upstream.CLOSED or
+                                   (self.client_ended and self.state not in LIVE)):
+            self.close()
+            return
+        if (self.client_ended and self.state is Upstream.OPEN and not self.to_upstream
+                and self.upstream is not None):
+            with contextlib.suppress(OSError):
+                self.upstream.shutdown(socket.SHUT_WR)  # the program's end, passed on
+            self.state = Upstream.SENT_ALL
+        client_events = selectors.EVENT_WRITE if self.to_client else 0
+        if self._reads_client():
+            client_events |= selectors.EVENT_READ
+        if client_events:
+            self.loop.watch(self.conn, client_events, self._on_client)
+        else:
+            self.loop.unwatch(self.conn)
+        if self.upstream is not None:
+            upstream_events = selectors.EVENT_WRITE if (
+                self.state is Upstream.CONNECTING or self.to_upstream) else 0
+            if self.state in (Upstream.OPEN, Upstream.SENT_ALL) and \
+                    len(self.to_client) < STREAM_BUFFER:
+                upstream_events |= selectors.EVENT_READ
+            if upstream_events:
+                self.loop.watch(self.upstream, upstream_events, self._on_upstream)
+            else:
+                self.loop.unwatch(self.upstream)
+        waiting = self._waits_on_upstream()
+        if waiting and not self.waiting:
+            self.progress = time.monotonic()  # its time to answer starts now
+        self.waiting = waiting
+        if waiting and self.timer is None:
+            self.timer = self.loop.call_at(self.progress + FORWARD_TIMEOUT, self._on_timer)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        self._drop_upstream("closed")
-        self.responder.nameserver_of.pop(address_key(self.client), None)  # if never asked
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._drop_upstream(Upstream.CLOSED)
+        # Registered for a connection that never asked anything on: forget it.
+        self.responder.nameserver_of[socket.SOCK_STREAM].pop(address_key(self.client), None)
         self.loop.unwatch(self.conn)
         self.conn.close()
         self.responder.streams.discard(self)

@@ -701,10 +701,7 @@ class Operation:
             # A fresh socket says EINPROGRESS: this one was connected, or connecting,
             # already (0: a non-blocking connect of its own had finished). Its business:
             # no handshake into its stream, and the kernel's answer.
-            self._restore()
-            self.call.complete(-error)
-            self.finished = True
-            self._release()
+            self._answer(-error)
             log.debug("connect fd %d of process %d to %s: the socket was connected already; "
                       "the program gets %s", self.fd, self.call.tgid, self.name,
                       errno.errorcode.get(error, "0"))
@@ -738,6 +735,18 @@ class Operation:
     def _connected(self) -> None:
         raise NotImplementedError
 
+    def _answer(self, result: int) -> bool:
+        """Complete the program's held connect with ``result`` (once: False if it was
+        already answered). The program waits on this: its settings back, its connect
+        completed, and only then our own clean-up (our copy is not the program's)."""
+        if self.finished:
+            return False
+        self.finished = True
+        self._restore()
+        self.call.complete(result)
+        self._release()
+        return True
+
     def finish(self, result: int, outcome: str) -> None:
         raise NotImplementedError
 
@@ -748,7 +757,8 @@ class Operation:
         raise NotImplementedError
 
     def timed_out(self) -> None:
-        raise NotImplementedError
+        self._abandon()
+        self.finish(-errno.ETIMEDOUT, "timed out")
 
 
 class ConnectRedirect(Operation):
@@ -815,19 +825,9 @@ class ConnectRedirect(Operation):
             self._abandon()
             self.finish(-errno.ECONNREFUSED, outcome)
 
-    def timed_out(self) -> None:
-        self._abandon()
-        self.finish(-errno.ETIMEDOUT, "timed out")
-
     def finish(self, result: int, outcome: str) -> None:
-        if self.finished:
+        if not self._answer(result):
             return
-        self.finished = True
-        # The program waits on this: its settings back, its connect completed, and only
-        # then our own clean-up (our copy of the socket is not the program's).
-        self._restore()
-        self.call.complete(result)
-        self._release()
         self.owner.prepare_connector()  # for the next connect, now that this one is answered
         if result == 0:
             self.owner.redirected += 1
@@ -863,20 +863,12 @@ class DnsStreamConnect(Operation):
     def _connected(self) -> None:
         assert self.sock is not None and self.owner.dns is not None
         # Before the program can send a query: the responder looks it up by this address.
-        self.owner.dns.register(self.sock.getsockname(), self.nameserver)
+        self.owner.dns.register(self.sock.getsockname(), self.nameserver, socket.SOCK_STREAM)
         self.finish(0, "connected to the tunnel's responder")
 
-    def timed_out(self) -> None:
-        self._abandon()
-        self.finish(-errno.ETIMEDOUT, "timed out")
-
     def finish(self, result: int, outcome: str) -> None:
-        if self.finished:
+        if not self._answer(result):
             return
-        self.finished = True
-        self._restore()
-        self.call.complete(result)
-        self._release()
         log.debug("dns: TCP connect fd %d of process %d to %s: %s in %s%s", self.fd,
                   self.call.tgid, self.nameserver, outcome, self.elapsed_ms(),
                   "" if result == 0
