@@ -311,7 +311,18 @@ def main() -> None:
                 rows.append((label, f"{native:.1f}", f"{traced:.1f}",
                              f"{traced - native:+.1f} us", "-"))
 
+            # Each new process costs stops of its own (its fork, its first stop, its exec)
+            # and its exit reaches the parent only through the supervisor: what a shell
+            # script that runs many short commands pays.
             true = shutil.which("true") or "/bin/true"
+            spawns = 1000
+            command = [str(syscalls), "spawn", str(spawns), true]
+            native, traced, ratio = alternating(options.runs * 2, program(command, False),
+                                                program(command, True))
+            rows.append((f"process spawn loop, {spawns} fork+exec+wait (s)", f"{native:.3f}",
+                         f"{traced:.3f}", f"{ratio}, {(traced - native) / spawns * 1e6:+.0f} "
+                         "us each", "-"))
+
             runs = max(options.runs, 5)
             native_true = statistics.median(wall([true]) for _ in range(runs))
             traced_true = statistics.median(

@@ -3,6 +3,7 @@
  *   syscalls getppid N      N getppid() calls (not traced by the filter)
  *   syscalls open N PATH    N open()+read()+close() of PATH (an open-heavy program)
  *   syscalls connect N      N UDP connect()s to 127.0.0.1:9 (stopped, but not redirected)
+ *   syscalls spawn N PATH   N fork()+execv(PATH)+waitpid() (a script's work; PATH: /bin/true)
  *   syscalls int80          one 32-bit system call from a 64-bit program
  *   syscalls x32            one x32-ABI system call (getpid with the x32 bit)
  *   syscalls nosys          syscall(-1), which is no system call: says its errno
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,7 +47,7 @@ int main(int argc, char **argv) {
         printf("syscall(-1) returned %ld: %s\n", result, strerror(errno));
         return 0;
     }
-    if (argc < 3) { fprintf(stderr, "usage: syscalls getppid|open|connect N [PATH]\n"); return 2; }
+    if (argc < 3) { fprintf(stderr, "usage: syscalls getppid|open|connect|spawn N [PATH]\n"); return 2; }
     long n = atol(argv[2]);
     char buffer[256];
     double started = now();
@@ -59,6 +61,22 @@ int main(int argc, char **argv) {
         for (long i = 0; i < n; i++) {
             if (connect(sock, (struct sockaddr *)&discard, sizeof discard) < 0) {
                 perror("connect");
+                return 1;
+            }
+        }
+    } else if (strcmp(argv[1], "spawn") == 0) {
+        char *path = argc > 3 ? argv[3] : "/bin/true";
+        char *child_argv[] = {path, NULL};
+        for (long i = 0; i < n; i++) {
+            int status;
+            pid_t child = fork();
+            if (child < 0) { perror("fork"); return 1; }
+            if (child == 0) {
+                execv(path, child_argv);
+                _exit(127);
+            }
+            if (waitpid(child, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status)) {
+                fprintf(stderr, "%s failed\n", path);
                 return 1;
             }
         }
