@@ -54,7 +54,7 @@ log = logging.getLogger("streams_trace.run")
 # that somehow escaped the redirect reaches nothing outside this node.
 FAKE_NETWORK = ipaddress.IPv4Network("127.240.83.0/24")
 DNS_PORT = 53
-_TIMEVAL = struct.Struct("@ll")  # struct timeval, as SO_SNDTIMEO gives it
+TIMEVAL = struct.Struct("@ll")  # struct timeval, as SO_SNDTIMEO gives it
 # Refused with ENOSYS, as by a kernel without them: io_uring's connect and accept run
 # in the kernel, past any seccomp filter or tracer, so they would bypass the redirect
 # (and the listener's handshake). Programs then use the ordinary calls.
@@ -718,8 +718,8 @@ class Operation:
         """A blocking connect waits no longer than the socket's SO_SNDTIMEO, as in the
         kernel; it then fails with ETIMEDOUT (the kernel says EINPROGRESS and connects
         on in the background, which a connection not yet authenticated must not)."""
-        seconds, microseconds = _TIMEVAL.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size))
+        seconds, microseconds = TIMEVAL.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL.size))
         if seconds or microseconds:
             self.deadline = min(self.deadline, self.started + seconds + microseconds / 1e6)
 

@@ -45,10 +45,10 @@ from ..relay.pump import close_with_reset
 from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import sockaddr as sa_codec
-from ..trace.procfs import socket_in_use
+from ..trace.procfs import descriptor_blocks, socket_in_use
 from ..trace.sockaddr import SockAddr
 from .loop import Loop, Timer
-from .redirect import ConnectRedirect, Operation, Redirector
+from .redirect import TIMEVAL, ConnectRedirect, Operation, Redirector
 from .tracer import Task, TracedCall
 
 if TYPE_CHECKING:
@@ -157,6 +157,7 @@ class Relay:
         self.listener_of_inode: dict[int, TunnelListener] = {}
         self.expected_peers = ExpectedPeers()
         self.socket_types: dict[int, int] = {}  # socket inode -> SO_TYPE, just learned
+        self.send_timeouts: dict[int, float] = {}  # socket inode -> SO_SNDTIMEO (s), likewise
         self.relayed = 0
 
     @property
@@ -337,27 +338,58 @@ class Relay:
 
     def _learn_type(self, task: Task, fd: int, inode: int) -> None:
         """getsockopt(fd, SO_TYPE) run in the program in place of its syscall."""
+
+        def learned(value: bytes | None) -> None:
+            # -1: not a socket one can ask (the kernel will say so to the connect)
+            self.socket_types[inode] = struct.unpack("=i", value)[0] if value else -1
+
+        self._ask_option(task, fd, socket.SO_TYPE, 4, learned)
+
+    def _send_timeout(self, task: Task, fd: int) -> float | None:
+        """The SO_SNDTIMEO that bounds a blocking connect on the program's ``fd`` in
+        seconds (0: none, or not a blocking socket), or None when it is being asked now:
+        the program's syscall then runs again, and comes back here."""
+        try:
+            if not descriptor_blocks(task.tid, fd):
+                return 0.0
+            inode = self.owner.socket_inode(task, fd)
+        except OSError:
+            return 0.0  # the connect will find out what is wrong with it
+        timeout = self.send_timeouts.pop(inode, None)
+        if timeout is None:
+
+            def learned(value: bytes | None) -> None:
+                seconds, microseconds = TIMEVAL.unpack(value) if value else (0, 0)
+                self.send_timeouts[inode] = seconds + microseconds / 1e6
+
+            self._ask_option(task, fd, socket.SO_SNDTIMEO, TIMEVAL.size, learned)
+        return timeout
+
+    def _ask_option(self, task: Task, fd: int, option: int, size: int,
+                    learned: Callable[[bytes | None], None]) -> None:
+        """getsockopt(fd, SOL_SOCKET, option) run in the program in place of its syscall;
+        ``learned`` gets the value's ``size`` bytes (None when the kernel refused), and
+        the program's syscall then runs again."""
         if not self.ensure_scratch(task):
             return
         slot = self.scratch.acquire(task.tgid)
         try:
-            pt.write_memory(task.tid, slot, struct.pack("=iI", 0, 4))  # value, its length
+            pt.write_memory(task.tid, slot, bytes(size) + struct.pack("=I", size))
         except OSError:
             self.scratch.release(task.tgid, slot)
             raise
 
-        def learned(result: int) -> None:
-            kind = -1  # not a socket one can ask (the kernel will say so to the connect)
+        def returned(result: int) -> None:
             try:
-                if result == 0:
-                    (kind,) = struct.unpack("=i", pt.read_memory(task.tid, slot, 4))
+                learned(pt.read_memory(task.tid, slot, size) if result == 0 else None)
+            except OSError:
+                learned(None)
             finally:
-                self.socket_types[inode] = kind  # asked once: the connect then goes on
                 self.scratch.release(task.tgid, slot)
 
         self.tracer.run_instead(
             task, self.tracer.arch.number("getsockopt"),
-            (fd, socket.SOL_SOCKET, socket.SO_TYPE, slot, slot + 4, 0), learned)
+            (fd, socket.SOL_SOCKET, option, slot, slot + size, 0), returned)
 
     def redirect_dns_sendto(self, task: Task, fd: int, nameserver: SockAddr) -> None:
         responder = self._responder(task, nameserver)
@@ -386,7 +418,13 @@ class Relay:
             return
         if not self.ensure_scratch(call.task):
             return
-        RelayConnect(self.owner, self, call, fd, target, name).start()
+        send_timeout = self._send_timeout(call.task, fd)
+        if send_timeout is None:
+            return  # asked in the program first; its connect comes back here
+        redirect = RelayConnect(self.owner, self, call, fd, target, name)
+        if send_timeout:  # a blocking connect waits no longer, as in the direct path
+            redirect.deadline = min(redirect.deadline, redirect.started + send_timeout)
+        redirect.start()
 
     # -- listener side -----------------------------------------------------------------
 

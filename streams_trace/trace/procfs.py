@@ -77,3 +77,13 @@ def fd_inode(tid: int, fd: int) -> int:
     """The inode of the file behind descriptor ``fd`` of thread ``tid``: a socket's identity,
     the same through dup, fork and descriptor reuse. Raises OSError when there is none."""
     return os.stat(f"/proc/{tid}/fd/{fd}").st_ino
+
+
+def descriptor_blocks(tid: int, fd: int) -> bool:
+    """Whether descriptor ``fd`` of thread ``tid`` is in blocking mode (its file's flags,
+    from /proc/TID/fdinfo/FD, octal, without O_NONBLOCK)."""
+    with open(f"/proc/{tid}/fdinfo/{fd}", "rb") as info:
+        for line in info:
+            if line.startswith(b"flags:"):
+                return not int(line.split()[1], 8) & os.O_NONBLOCK
+    return True
