@@ -60,7 +60,8 @@ class Task:
     started: bool = False  # its initial attach stop has been seen
     on_exit_stop: ExitCallback | None = None  # the policy waits for this syscall's result
     inject: str | None = None  # "close-entry" / "close-exit" while closing an fd in it
-    restart: tuple[int, int, tuple[int, ...]] | None = None  # (rip, nr, args) to re-run
+    # (instruction pointer after the syscall, nr, args) to re-run
+    restart: tuple[int, int, tuple[int, ...]] | None = None
     held_signals: list[int] = field(default_factory=list)  # arrived during an injected close
     on_death: list[Callable[[], None]] = field(default_factory=list)
 
@@ -187,7 +188,7 @@ class Tracer:
             if restore is not None:
                 pt.write_memory(task.tid, *restore)
             regs = pt.get_registers(task.tid)
-            task.restart = (int(regs.rip), nr, args)
+            task.restart = (archmod.instruction_pointer(regs), nr, args)
             archmod.rewind_to_syscall(regs, self.arch.number("close"), (fd,))
             pt.set_registers(task.tid, regs)
         except OSError as exc:
@@ -207,7 +208,7 @@ class Tracer:
         """
         regs = pt.get_registers(task.tid)
         original = (archmod.syscall_number(regs), archmod.syscall_args(regs))
-        regs.orig_rax = nr
+        archmod.set_syscall_number(regs, nr)
         archmod.set_syscall_args(regs, args)
         pt.set_registers(task.tid, regs)
 
@@ -393,9 +394,9 @@ class Tracer:
             return
         if task.inject == "close-exit":
             assert task.restart is not None
-            rip, nr, args = task.restart
+            address, nr, args = task.restart
             regs = pt.get_registers(task.tid)
-            regs.rip = rip
+            archmod.set_instruction_pointer(regs, address)
             archmod.rewind_to_syscall(regs, nr, args)
             pt.set_registers(task.tid, regs)
             task.inject, task.restart = None, None

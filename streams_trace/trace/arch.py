@@ -99,6 +99,19 @@ def syscall_number(regs: Any) -> int:
     return _signed(regs.orig_rax)
 
 
+def set_syscall_number(regs: Any, number: int) -> None:
+    """At a syscall entry stop: make the thread run syscall ``number`` instead."""
+    regs.orig_rax = number
+
+
+def instruction_pointer(regs: Any) -> int:
+    return int(regs.rip)
+
+
+def set_instruction_pointer(regs: Any, address: int) -> None:
+    regs.rip = address
+
+
 def syscall_args(regs: Any) -> tuple[int, ...]:
     return tuple(int(getattr(regs, name)) for name in _ARG_REGISTERS)
 
