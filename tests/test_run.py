@@ -37,6 +37,7 @@ from streams_trace import conf as confmod
 from streams_trace.contact import parse_contact
 from streams_trace.handshake import Connector
 from streams_trace.lan import HandshakeError, handshake_blocking
+from streams_trace.supervisor import dns
 from streams_trace.supervisor.redirect import FAKE_NETWORK
 
 from .conftest import EchoListener, Gateway, free_port, ptrace_problem, streams_trace_command
@@ -1149,8 +1150,6 @@ class TinyNameserver:
                  tcp: bool = False) -> None:
         """``forge_first``: answer each query first with another query id and a wrong
         address, as a spoofer racing the nameserver would."""
-        from streams_trace.supervisor import dns
-
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(self.ADDRESS)
         self.asked: list[str] = []
@@ -1525,6 +1524,7 @@ def test_a_nameserver_that_refuses_tcp_gets_the_program_servfail(tunnel: Gateway
     answered all the same."""
     nameserver = tcp_nameserver(tcp=False)
     name, _ = fake_contact(tunnel)
+    started = time.monotonic()
     try:
         code, out, err = initiator_run(tunnel, sys.executable,
                                        str(PROGRAMS / "dns_tcp_client.py"),
@@ -1534,6 +1534,7 @@ def test_a_nameserver_that_refuses_tcp_gets_the_program_servfail(tunnel: Gateway
         nameserver.close()
     assert (code, out) == (0, f"other.streams-trace.test rcode=2 -\n{name} rcode=0 "
                               "127.240.83.1\n"), err
+    assert time.monotonic() - started < dns.FORWARD_TIMEOUT / 2, "not at once"
 
 
 def test_other_names_still_resolve_through_the_real_nameserver(

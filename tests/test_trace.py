@@ -14,6 +14,7 @@ import platform
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 
@@ -314,14 +315,7 @@ def test_a_program_that_sends_and_never_reads_fills_no_more_than_the_buffer() ->
         assert not loop.poller.poll(100)  # nothing ready: the loop sleeps
         program.shutdown(socket.SHUT_WR)
         received = bytearray()
-        while True:
-            _run_loop(loop, 0.01)
-            try:
-                chunk = program.recv(1 << 20)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                break
+        while chunk := _read_some(loop, program):
             received += chunk
         answer = dns.build_answer(query[2:], dns.parse_question(query[2:]), "127.240.83.1")
         assert bytes(received) == (struct.pack("!H", len(answer)) + answer) * (sent // len(query))
@@ -329,6 +323,62 @@ def test_a_program_that_sends_and_never_reads_fills_no_more_than_the_buffer() ->
     finally:
         program.close()
         responder.close()
+
+
+def test_a_program_slow_to_read_loses_no_answer_of_its_nameserver(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelined queries for other names, then a program that reads nothing for longer
+    than FORWARD_TIMEOUT: the nameserver's answers wait on our side of the responder's
+    buffer, and the wait is the program's, not a silent nameserver's: every answer comes."""
+    monkeypatch.setattr(dns, "FORWARD_TIMEOUT", 0.5)
+
+    def answer_each(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            while header := stream.read(2):
+                query = stream.read(struct.unpack("!H", header)[0])
+                question = dns.parse_question(query)
+                assert question is not None
+                reply = dns.build_answer(query, question, "127.0.0.9")
+                conn.sendall(struct.pack("!H", len(reply)) + reply)
+
+    with socket.create_server(("127.0.0.1", 0)) as nameserver:
+        server = threading.Thread(target=lambda: answer_each(nameserver.accept()[0]),
+                                  daemon=True)
+        server.start()
+        loop, responder, program = _responder_stream(nameserver.getsockname())
+        count = 20_000
+        try:
+            _run_loop(loop, 0.01)  # accepted; a small send buffer there, as in the other
+            (stream,) = responder.streams
+            stream.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            program.setblocking(False)
+            queries = b"".join(_tcp_query(index & 0xFFFF, "other.example")
+                               for index in range(count))
+            sent = 0
+            deadline = time.monotonic() + 1.5  # sends, and reads nothing, for 3 timeouts
+            while time.monotonic() < deadline:
+                with contextlib.suppress(BlockingIOError):
+                    if sent < len(queries):
+                        sent += program.send(queries[sent : sent + 65536])
+                _run_loop(loop, 0.01)
+            assert sent == len(queries)
+            program.shutdown(socket.SHUT_WR)
+            received = bytearray()
+            while chunk := _read_some(loop, program):
+                received += chunk
+            assert len(dns.take_messages(received)) == count and not received
+        finally:
+            program.close()
+            responder.close()
+        server.join(timeout=10)
+
+
+def _read_some(loop: Loop, program: socket.socket) -> bytes:
+    """What the program reads next while the loop runs (b"": the connection ended)."""
+    while True:
+        _run_loop(loop, 0.01)
+        with contextlib.suppress(BlockingIOError):
+            return program.recv(1 << 20)
 
 
 def test_a_silent_nameserver_loses_the_connection_after_the_timeout(

@@ -312,8 +312,10 @@ class Responder:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # that connection is gone: the next one
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    continue  # that connection is gone (ECONNABORTED): the next one
+                    return
                 # Out of descriptors: the connection stays queued, and the listener
                 # readable. Look again in a while instead of spinning on it meanwhile.
                 self.loop.unwatch(listener)
@@ -323,6 +325,7 @@ class Responder:
             if len(self.streams) >= MAX_STREAMS:
                 log.debug("dns: %d TCP connections already open; closing one more",
                           len(self.streams))
+                self.nameserver_of[socket.SOCK_STREAM].pop(address_key(client), None)
                 conn.close()  # the resolver asks its next nameserver
                 continue
             self.streams.add(StreamForwarder(self, conn, client, listener.fileno()))
@@ -374,6 +377,7 @@ def take_messages(buffer: bytearray) -> list[bytes]:
 
 
 def framed(message: bytes) -> bytes:
+    """``message`` with its two-byte length in front, as DNS over TCP sends it."""
     return LENGTH.pack(len(message)) + message
 
 
@@ -494,8 +498,8 @@ class StreamForwarder:
             self.progress = time.monotonic()
         try:
             if self.to_upstream:
+                # Not progress: the kernel takes bytes for a nameserver that hangs too.
                 del self.to_upstream[: upstream.send(self.to_upstream)]
-                self.progress = time.monotonic()
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:  # reset: the program hears the end after what came before
@@ -516,6 +520,8 @@ class StreamForwarder:
                 self.from_upstream += data
                 for message in take_messages(self.from_upstream):
                     self.to_client += framed(message)
+                    # A query may get several messages (a zone transfer): the first
+                    # answers it, the rest come while nothing is owed, untimed.
                     self.awaiting = max(self.awaiting - 1, 0)
         self._update()
 
@@ -536,9 +542,12 @@ class StreamForwarder:
         self.state = state
 
     def _waits_on_upstream(self) -> bool:
-        """Whether the nameserver owes something: the connection, answers, or its end."""
+        """Whether the nameserver owes something (the connection, answers, or its end)
+        that we are ready to read: while the program leaves its answers unread, the
+        nameserver's silence is ours."""
         return self.state is Upstream.CONNECTING or (
-            self.state in LIVE and (self.awaiting > 0 or self.client_ended))
+            self.state in LIVE and (self.awaiting > 0 or self.client_ended)
+            and len(self.to_client) < STREAM_BUFFER)
 
     def _on_timer(self) -> None:
         self.timer = None

@@ -715,13 +715,16 @@ class Operation:
             self.finish(-error, f"{self.unreachable}: {os.strerror(error)}")
 
     def _keep_send_timeout(self, sock: socket.socket) -> None:
-        """A blocking connect waits no longer than the socket's SO_SNDTIMEO, as in the
-        kernel; it then fails with ETIMEDOUT (the kernel says EINPROGRESS and connects
-        on in the background, which a connection not yet authenticated must not)."""
         seconds, microseconds = TIMEVAL.unpack(
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, TIMEVAL.size))
-        if seconds or microseconds:
-            self.deadline = min(self.deadline, self.started + seconds + microseconds / 1e6)
+        self.wait_no_longer_than(seconds + microseconds / 1e6)
+
+    def wait_no_longer_than(self, send_timeout: float) -> None:
+        """A blocking connect waits no longer than its socket's SO_SNDTIMEO (0: none), as
+        in the kernel; it then fails with ETIMEDOUT (the kernel says EINPROGRESS and
+        connects on in the background, which a connection not yet authenticated must not)."""
+        if send_timeout > 0:
+            self.deadline = min(self.deadline, self.started + send_timeout)
 
     def _on_writable(self) -> None:
         assert self.sock is not None

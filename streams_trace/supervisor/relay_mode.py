@@ -350,12 +350,12 @@ class Relay:
         seconds (0: none, or not a blocking socket), or None when it is being asked now:
         the program's syscall then runs again, and comes back here."""
         try:
+            inode = self.owner.socket_inode(task, fd)
+            timeout = self.send_timeouts.pop(inode, None)  # just asked: taken either way
             if not descriptor_blocks(task.tid, fd):
                 return 0.0
-            inode = self.owner.socket_inode(task, fd)
         except OSError:
             return 0.0  # the connect will find out what is wrong with it
-        timeout = self.send_timeouts.pop(inode, None)
         if timeout is None:
 
             def learned(value: bytes | None) -> None:
@@ -422,8 +422,7 @@ class Relay:
         if send_timeout is None:
             return  # asked in the program first; its connect comes back here
         redirect = RelayConnect(self.owner, self, call, fd, target, name)
-        if send_timeout:  # a blocking connect waits no longer, as in the direct path
-            redirect.deadline = min(redirect.deadline, redirect.started + send_timeout)
+        redirect.wait_no_longer_than(send_timeout)  # as a blocking connect in the kernel
         redirect.start()
 
     # -- listener side -----------------------------------------------------------------
