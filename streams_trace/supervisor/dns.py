@@ -151,6 +151,25 @@ def _loopback_socket(family: int, kind: int) -> socket.socket | None:
     return sock
 
 
+def _loopback_pair(family: int, attempts: int = 20) -> tuple[socket.socket, socket.socket] | None:
+    """A UDP socket and a listening TCP socket of ours on one loopback port (the kernel
+    picks the TCP port; the UDP one may be taken there, then another try)."""
+    for _ in range(attempts):
+        stream = _loopback_socket(family, socket.SOCK_STREAM)
+        if stream is None:
+            return None
+        datagram = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            datagram.bind(stream.getsockname()[:2])
+        except OSError:
+            datagram.close()
+            stream.close()
+            continue
+        datagram.setblocking(False)
+        return datagram, stream
+    return None
+
+
 class Responder:
     """Answers the tunnel's names; forwards the rest to each client's own nameserver."""
 
@@ -176,7 +195,7 @@ class Responder:
         # Relay mode cannot learn a program socket's address (no pidfd_getfd), so each
         # nameserver a program asks gets a socket of its own: what that socket does not
         # answer goes to that nameserver.
-        self.dedicated: dict[tuple[int, int, SockAddr], socket.socket] = {}
+        self.dedicated: dict[tuple[int, SockAddr], tuple[socket.socket, socket.socket]] = {}
         self.nameserver_of_socket: dict[int, SockAddr] = {}
 
     def _watch(self, sock: socket.socket, kind: int) -> None:
@@ -197,21 +216,24 @@ class Responder:
             return ("::ffff:" + host, port, 0, 0)
         return (host, port)
 
-    def address_for_nameserver(self, family: int, nameserver: SockAddr,
-                               kind: int = socket.SOCK_DGRAM) -> SockAddr | None:
-        """A responder address (as the program's sockaddr) that forwards to ``nameserver``."""
+    def address_for_nameserver(self, family: int, nameserver: SockAddr) -> SockAddr | None:
+        """An address of ours (as the program's sockaddr) that stands in for ``nameserver``:
+        UDP and TCP on one port, answering the tunnel's names and passing on the rest to
+        ``nameserver``. A resolver told it in place of the nameserver's address (musl's,
+        or any in relay mode) may then also fall back to TCP on it."""
         own_family = socket.AF_INET6 if family == socket.AF_INET6 and not nameserver.mapped \
             else socket.AF_INET
-        key = (own_family, kind, nameserver)
-        sock = self.dedicated.get(key)
-        if sock is None:
-            sock = _loopback_socket(own_family, kind)
-            if sock is None:
+        key = (own_family, nameserver)
+        pair = self.dedicated.get(key)
+        if pair is None:
+            pair = _loopback_pair(own_family)
+            if pair is None:
                 return None
-            self.dedicated[key] = sock
-            self.nameserver_of_socket[sock.fileno()] = nameserver
-            self._watch(sock, kind)
-        host, port = sock.getsockname()[:2]
+            self.dedicated[key] = pair
+            for kind, sock in zip((socket.SOCK_DGRAM, socket.SOCK_STREAM), pair, strict=True):
+                self.nameserver_of_socket[sock.fileno()] = nameserver
+                self._watch(sock, kind)
+        host, port = pair[0].getsockname()[:2]
         return SockAddr(family, str(host), int(port), mapped=family != own_family)
 
     def is_ours(self, query: bytes) -> bool:
@@ -343,7 +365,8 @@ class Responder:
     def close(self) -> None:
         for stream in list(self.streams):
             stream.close()
-        for sock in [*self.sockets.values(), *self.dedicated.values()]:
+        dedicated = [sock for pair in self.dedicated.values() for sock in pair]
+        for sock in [*self.sockets.values(), *dedicated]:
             self.loop.unwatch(sock)
             sock.close()
 

@@ -99,7 +99,6 @@ class Redirector:
             numbers["accept"]: self.on_accept,
             numbers["accept4"]: self.on_accept,
             numbers["sendto"]: self.on_sendto,
-            numbers["recvfrom"]: self.on_recvfrom,
             numbers["sendmsg"]: self.on_sendmsg,
         }
         for name in REFUSED_SYSCALLS:  # without a filter, every syscall stops here
@@ -113,9 +112,6 @@ class Redirector:
         self._sockaddrs: dict[bytes, SockAddr] = {}  # raw sockaddr -> decoded (a small cache)
         self.closed_processes: set[int] = set()  # not dumpable, said so (_fail_closed)
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
-        # inode of a DNS socket we answered through sendto -> (responder as the program
-        # sees it, the nameserver it wrote to): replies must seem to come from the latter.
-        self.dns_sources: dict[int, tuple[tuple[str, int], SockAddr]] = {}
         self.access_point = _numeric(self.tunnel.connector_contact_string)
         # Names the responder answers, and the (host, port) pairs a connect is redirected for.
         hosts = iter(FAKE_NETWORK.hosts())
@@ -454,7 +450,7 @@ class Redirector:
 
     def on_sendto(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
         """musl resolves with sendto() to each nameserver, without connect()."""
-        fd, buffer, length, address, address_length = args[0], args[1], args[2], args[4], args[5]
+        buffer, length, address, address_length = args[1], args[2], args[4], args[5]
         nameserver = self._read_sockaddr(task, address, address_length)
         if args[3] & socket.MSG_FASTOPEN and self._refuse_fast_open(task, nameserver):
             return
@@ -466,44 +462,18 @@ class Redirector:
         if not self.dns.is_ours(query):
             self.tracer.resume(task)  # other names go to the real nameserver, untouched
             return
-        if self.relay is not None:
-            self.relay.redirect_dns_sendto(task, fd, nameserver)
-            return
-        sock = self.take_socket(task, fd)
-        try:
-            responder = self.dns.address_for(sock.family, nameserver.mapped)
-            if sock.type != socket.SOCK_DGRAM or responder is None:
-                self.tracer.resume(task)
-                return
-            sock.sendto(query, responder)
-            seen_as = sa_codec.address_key(responder)
-            self.dns_sources[self.socket_inode(task, fd)] = (seen_as, nameserver)
-        finally:
-            sock.close()
-        log.debug("dns: query of process %d to %s answered by the tunnel's responder",
-                  task.tgid, nameserver)
-        self.tracer.complete(task, length)
-
-    def on_recvfrom(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
-        if not self.dns_sources:
+        # musl sends to &ns[j], its own copy of the nameserver's address for this lookup,
+        # and takes only replies from an address in ns[]: point that entry at our stand-in
+        # for the nameserver, and both its query and our reply pass. (A buffer used again
+        # later is fine too: the stand-in passes other names on to that nameserver.)
+        responder = self.dns.address_for_nameserver(nameserver.family, nameserver)
+        encoded = sa_codec.encode(responder) if responder is not None else b""
+        if not encoded or len(encoded) > address_length:
             self.tracer.resume(task)
             return
-        inode = self.socket_inode(task, args[0])
-        if inode not in self.dns_sources:
-            self.tracer.resume(task)
-            return
-        self.tracer.run_to_exit(task, lambda info: self._received(task, inode, args, info))
-
-    def _received(self, task: Task, inode: int, args: tuple[int, ...],
-                  info: pt.SyscallInfo) -> None:
-        """Make the responder's reply seem to come from the nameserver musl asked."""
-        address, length_pointer = args[4], args[5]
-        if not info.is_error and info.rval >= 0 and address and length_pointer:
-            seen_as, nameserver = self.dns_sources[inode]
-            (length,) = struct.unpack("=I", self.read_memory(task, length_pointer, 4))
-            source = self._read_sockaddr(task, address, min(length, sa_codec.MAX_SOCKADDR))
-            if source is not None and source.key == seen_as:
-                pt.write_memory(task.tid, address, sa_codec.encode(nameserver)[:length])
+        pt.write_memory(task.tid, address, encoded)
+        log.debug("dns: query of process %d to %s sent to the tunnel's responder at %s",
+                  task.tgid, nameserver, responder)
         self.tracer.resume(task)
 
     # -- listener side -----------------------------------------------------------------

@@ -285,14 +285,13 @@ class Relay:
 
     # -- names -------------------------------------------------------------------------
 
-    def _responder(self, task: Task, nameserver: SockAddr,
-                   kind: int = socket.SOCK_DGRAM) -> SockAddr | None:
+    def _responder(self, task: Task, nameserver: SockAddr) -> SockAddr | None:
         """The responder that stands in for ``nameserver``; None when the task went on as is."""
         dns = self.owner.dns
         assert dns is not None
         if not self.ensure_scratch(task):
             return None
-        responder = dns.address_for_nameserver(nameserver.family, nameserver, kind)
+        responder = dns.address_for_nameserver(nameserver.family, nameserver)
         if responder is None:
             self.tracer.resume(task)
         return responder
@@ -306,7 +305,7 @@ class Relay:
         if kind not in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
             self.tracer.resume(task)
             return
-        responder = self._responder(task, nameserver, kind)
+        responder = self._responder(task, nameserver)
         if responder is None:
             return
         data = sa_codec.encode(responder)
@@ -390,17 +389,6 @@ class Relay:
         self.tracer.run_instead(
             task, self.tracer.arch.number("getsockopt"),
             (fd, socket.SOL_SOCKET, option, slot, slot + size, 0), returned)
-
-    def redirect_dns_sendto(self, task: Task, fd: int, nameserver: SockAddr) -> None:
-        responder = self._responder(task, nameserver)
-        if responder is None:
-            return
-        data = sa_codec.encode(responder)
-        self.owner.dns_sources[self.owner.socket_inode(task, fd)] = (responder.key, nameserver)
-        log.debug("dns: query of process %d to %s answered by the tunnel's responder",
-                  task.tgid, nameserver)
-        self.run_with_private(task, data, lambda slot: {4: slot, 5: len(data)},
-                              lambda info, slot: self.tracer.resume(task))
 
     # -- initiator side ----------------------------------------------------------------
 

@@ -29,10 +29,9 @@ RULES = (
     seccomp.Rule("bind"),
     seccomp.Rule("accept"),
     seccomp.Rule("accept4"),
-    # musl resolves with sendto() to the nameserver and reads the source with recvfrom():
-    # only the calls that carry an address stop.
+    # musl resolves with sendto() to the nameserver: only the calls that carry an address
+    # stop.
     seccomp.Rule("sendto", nonzero_arg=4),
-    seccomp.Rule("recvfrom", nonzero_arg=4),
     # TCP Fast Open: a send that connects (see Redirector.on_sendmsg).
     seccomp.Rule("sendmsg", nonzero_arg=2, mask=socket.MSG_FASTOPEN),
 )
