@@ -158,7 +158,11 @@ def _loopback_pair(family: int, attempts: int = 20) -> tuple[socket.socket, sock
         stream = _loopback_socket(family, socket.SOCK_STREAM)
         if stream is None:
             return None
-        datagram = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            datagram = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:
+            stream.close()
+            return None
         try:
             datagram.bind(stream.getsockname()[:2])
         except OSError:
@@ -192,8 +196,8 @@ class Responder:
         self.forwarded = 0
         self.pending = 0  # forwarded queries waiting for their answer
         self.streams: set[StreamForwarder] = set()
-        # Relay mode cannot learn a program socket's address (no pidfd_getfd), so each
-        # nameserver a program asks gets a socket of its own: what that socket does not
+        # Stand-ins, one pair per nameserver, for where a program's socket cannot be
+        # registered by its address (relay mode; musl's sendto): what they do not
         # answer goes to that nameserver.
         self.dedicated: dict[tuple[int, SockAddr], tuple[socket.socket, socket.socket]] = {}
         self.nameserver_of_socket: dict[int, SockAddr] = {}

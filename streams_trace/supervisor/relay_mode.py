@@ -18,7 +18,9 @@ carries the bytes:
   private port and hands the pair to the pump. The program's accept on that
   socket is checked: a connection that did not come from the supervisor is
   closed inside the program and never seen.
-- Names: queries go to the DNS responder the same way (a private sockaddr).
+- Names: a DNS connect goes to the responder's stand-in for its nameserver the same way
+  (a private sockaddr); musl's sendto has its own copy of the address rewritten, as in
+  the direct path.
 
 Scratch memory: one anonymous mapping per process (``mmap`` injected into the
 program the first time it needs one), cut into slots, one per syscall in flight.
