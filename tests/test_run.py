@@ -17,7 +17,6 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
-import importlib.util
 import os
 import platform
 import re
@@ -48,26 +47,29 @@ PROGRAMS = REPO / "tests" / "programs"
 STREAMS_RUN = [sys.executable, "-c", "from streams_trace.cli.run import main; main()"]
 
 
-def build_c(output: Path, *, static_musl: bool) -> Path:
+def build_c(output: Path, *, static_musl: bool, source: str = "client.c") -> Path:
     compiler = "musl-gcc" if static_musl else "gcc"
     if shutil.which(compiler) is None:
         package = "musl-tools" if static_musl else "gcc"
         pytest.skip(f"{compiler} is not installed (Debian: {package})")
     flags = ["-static"] if static_musl else ["-pthread"]
-    subprocess.run([compiler, *flags, "-O2", "-o", str(output), str(PROGRAMS / "client.c")],
+    subprocess.run([compiler, *flags, "-O2", "-o", str(output), str(PROGRAMS / source)],
                    check=True, capture_output=True)
     return output
 
 
-def build_zig_musl(output: Path) -> Path:
+def build_zig_musl(output: Path, cache: Path) -> Path:
     """client.c, static against the musl that Zig carries (1.2.5, whose resolver reads
-    answers with recvmsg), as Alpine 3.18 and later build programs."""
-    if importlib.util.find_spec("ziglang") is None:
+    answers with recvmsg), as Alpine 3.18 and later build programs. ``cache``: Zig's,
+    where its musl is built once."""
+    try:
+        import ziglang  # noqa: F401  (only to know it is there: Zig runs as a program)
+    except ImportError:
         pytest.skip("ziglang is not installed (PyPI: ziglang)")
-    cache = output.parent / "zig-cache"
     env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(cache), "ZIG_LOCAL_CACHE_DIR": str(cache)}
-    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-musl",
-                    "-static", "-O2", "-o", str(output), str(PROGRAMS / "client.c")],
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target",
+                    f"{platform.machine()}-linux-musl", "-static", "-O2", "-o", str(output),
+                    str(PROGRAMS / "client.c")],
                    check=True, capture_output=True, env=env, timeout=900)
     return output
 
@@ -161,8 +163,15 @@ def musl_client(built: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def new_musl_client(built: Path) -> Path:
-    return build_zig_musl(built / "client-musl-1.2.5")
+def new_musl_client(built: Path, pytestconfig: pytest.Config) -> Path:
+    # Zig builds its musl in a minute or more: kept in pytest's cache between runs.
+    cache = pytestconfig.cache.mkdir("zig") if pytestconfig.cache else built / "zig-cache"
+    return build_zig_musl(built / "client-musl-1.2.5", cache)
+
+
+@pytest.fixture(scope="module")
+def sendto_client(built: Path) -> Path:
+    return build_c(built / "dns-sendto-client", static_musl=False, source="dns_sendto_client.c")
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +277,65 @@ def test_newer_musl_static_client(tunnel: Gateway, echo: EchoListener, new_musl_
     name, port = fake_contact(tunnel)
     code, out, err = initiator_run(tunnel, str(new_musl_client), *flags, name, port)
     assert (code, out) == (0, "echo:hello 0\nok 1\n"), err
+
+
+# How a resolver that sends with sendto (no connect) keeps the nameserver's address and
+# reads the answer: (buffer, read). "kept": it sends to the buffer it checks the answer's
+# source against (musl's ns[]); "copy": it sends from a copy and checks against its own
+# (dnspython); "readonly": the buffer is on a read-only page (a const sockaddr).
+# "recvmsg": musl 1.2.4 and later; "recvfrom": older musl, dnspython.
+SENDTO_RESOLVERS = [("kept", "recvmsg"), ("kept", "recvfrom"), ("copy", "recvfrom"),
+                    ("readonly", "recvmsg"), ("readonly", "recvfrom")]
+# (nameserver, AF_INET6 socket): no nameserver answers there; the stand-in does.
+SENDTO_NAMESERVERS = [("127.83.0.53", False), ("127.83.0.53", True), ("::1", True)]
+
+
+def _can_bind(family: int, host: str, port: int) -> socket.socket | None:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+@pytest.mark.parametrize(("buffer", "read"), SENDTO_RESOLVERS,
+                         ids=[f"{buffer}-{read}" for buffer, read in SENDTO_RESOLVERS])
+@pytest.mark.parametrize(("nameserver", "ipv6_socket"), SENDTO_NAMESERVERS,
+                         ids=["ipv4", "v4-mapped", "ipv6"])
+def test_sendto_resolvers_get_the_tunnels_name_from_the_nameserver(
+        tunnel: Gateway, sendto_client: Path, buffer: str, read: str, nameserver: str,
+        ipv6_socket: bool) -> None:
+    """Each way a static resolver keeps the nameserver's address and checks its answer's
+    source gets the tunnel's address from the nameserver's stand-in, and the query never
+    reaches the nameserver (watched where port 53 can be bound)."""
+    name, _ = fake_contact(tunnel)
+    family = socket.AF_INET6 if ":" in nameserver else socket.AF_INET
+    leak_watch = _can_bind(family, nameserver, 53)
+    try:
+        code, out, err = initiator_run(
+            tunnel, str(sendto_client), *(("-6",) if ipv6_socket else ()), "-b", buffer,
+            "-r", read, nameserver, name, options=("-d",))
+        if leak_watch is not None:
+            leak_watch.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                leak_watch.recvfrom(512)
+    finally:
+        if leak_watch is not None:
+            leak_watch.close()
+    assert (code, out) == (0, f"{FAKE_NETWORK[1]}\n"), err
+    assert "sent to the tunnel's responder" in err
+
+
+def test_dnspython_resolves_the_tunnels_name(tunnel: Gateway, echo: EchoListener) -> None:
+    """dnspython asks the nameserver itself and takes answers only from the address it
+    keeps (no resolv.conf read, no getaddrinfo): the tunnel's name resolves and connects."""
+    pytest.importorskip("dns.resolver", reason="dnspython is not installed (PyPI: dnspython)")
+    name, port = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, sys.executable, str(PROGRAMS / "dnspython_client.py"),
+                                   "127.83.0.53", name, port)
+    assert (code, out) == (0, "echo:hello dnspython\n"), err
 
 
 @pytest.mark.parametrize("flags", [(), ("-n",), ("-6",)],

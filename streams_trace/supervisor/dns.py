@@ -50,6 +50,10 @@ STREAM_BUFFER = 1 << 17
 LENGTH = struct.Struct("!H")  # the two-byte length before each message over TCP
 MAX_STREAMS = 128  # DNS-over-TCP connections open at once; more are closed at once
 ACCEPT_RETRY = 0.1  # s before accepting again when out of descriptors
+# Stand-ins (a UDP and a TCP socket each) made at most: one per nameserver a program
+# sends the tunnel's names to, so a program naming ever new "nameservers" cannot
+# run the supervisor out of descriptors.
+MAX_STAND_INS = 32
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,9 @@ class Responder:
         # answer goes to that nameserver.
         self.dedicated: dict[tuple[int, SockAddr], tuple[socket.socket, socket.socket]] = {}
         self.nameserver_of_socket: dict[int, SockAddr] = {}
+        # A stand-in's (host, port) -> the nameserver it stands in for: what a program
+        # that checks where answers come from must be told instead (see redirect.py).
+        self.stand_in_for: dict[tuple[str, int], SockAddr] = {}
 
     def _watch(self, sock: socket.socket, kind: int) -> None:
         on_ready = self._on_query if kind == socket.SOCK_DGRAM else self._on_stream
@@ -221,24 +228,39 @@ class Responder:
         return (host, port)
 
     def address_for_nameserver(self, family: int, nameserver: SockAddr) -> SockAddr | None:
-        """An address of ours (as the program's sockaddr) that stands in for ``nameserver``:
-        UDP and TCP on one port, answering the tunnel's names and passing on the rest to
-        ``nameserver``. A resolver told it in place of the nameserver's address (musl's,
-        or any in relay mode) may then also fall back to TCP on it."""
-        own_family = socket.AF_INET6 if family == socket.AF_INET6 and not nameserver.mapped \
-            else socket.AF_INET
-        key = (own_family, nameserver)
-        pair = self.dedicated.get(key)
+        """An address of ours (as the program's sockaddr of ``family``) that stands in for
+        ``nameserver``: UDP and TCP on one port, answering the tunnel's names and passing
+        on the rest to ``nameserver``. A resolver told it in place of the nameserver's
+        address (musl's, or any in relay mode) may then also fall back to TCP on it.
+        None when no stand-in can be made (no loopback, or MAX_STAND_INS reached)."""
+        # An IPv6 socket reaches an IPv4 stand-in through a v4-mapped address (unless it
+        # is IPV6_V6ONLY): the fallback where the node has no IPv6 loopback.
+        own_families = [socket.AF_INET]
+        if family == socket.AF_INET6 and not nameserver.mapped:
+            own_families.insert(0, socket.AF_INET6)
+        for own_family in own_families:
+            pair = self.dedicated.get((own_family, nameserver)) or \
+                self._add_stand_in(own_family, nameserver)
+            if pair is not None:
+                host, port = pair[0].getsockname()[:2]
+                return SockAddr(family, str(host), int(port), mapped=family != own_family)
+        return None
+
+    def _add_stand_in(self, family: int,
+                      nameserver: SockAddr) -> tuple[socket.socket, socket.socket] | None:
+        if len(self.dedicated) >= MAX_STAND_INS:
+            log.debug("dns: %d stand-ins for nameservers made already; no more",
+                      len(self.dedicated))
+            return None
+        pair = _loopback_pair(family)
         if pair is None:
-            pair = _loopback_pair(own_family)
-            if pair is None:
-                return None
-            self.dedicated[key] = pair
-            for kind, sock in zip((socket.SOCK_DGRAM, socket.SOCK_STREAM), pair, strict=True):
-                self.nameserver_of_socket[sock.fileno()] = nameserver
-                self._watch(sock, kind)
-        host, port = pair[0].getsockname()[:2]
-        return SockAddr(family, str(host), int(port), mapped=family != own_family)
+            return None
+        self.dedicated[family, nameserver] = pair
+        for kind, sock in zip((socket.SOCK_DGRAM, socket.SOCK_STREAM), pair, strict=True):
+            self.nameserver_of_socket[sock.fileno()] = nameserver
+            self._watch(sock, kind)
+        self.stand_in_for[address_key(pair[0].getsockname())] = nameserver
+        return pair
 
     def is_ours(self, query: bytes) -> bool:
         question = parse_question(query)
@@ -271,8 +293,10 @@ class Responder:
             self._forward(sock, query, client)
 
     def _forward(self, sock: socket.socket, query: bytes, client: tuple) -> None:
-        nameserver = self.nameserver_of[socket.SOCK_DGRAM].get(address_key(client)) or \
-            self.nameserver_of_socket.get(sock.fileno())
+        # A stand-in's own nameserver first: the program's socket may also be registered
+        # (connected to the shared responder once) for another nameserver.
+        nameserver = self.nameserver_of_socket.get(sock.fileno()) or \
+            self.nameserver_of[socket.SOCK_DGRAM].get(address_key(client))
         if nameserver is None:
             return
         family = socket.AF_INET6 if ":" in nameserver.host else socket.AF_INET
@@ -363,8 +387,8 @@ class Responder:
     def nameserver_for_stream(self, client: tuple, listener_fd: int) -> SockAddr | None:
         """The nameserver a TCP connection from ``client`` was meant for (registered by its
         address for this one connection, or by the listener it came to in relay mode)."""
-        return self.nameserver_of[socket.SOCK_STREAM].pop(address_key(client), None) or \
-            self.nameserver_of_socket.get(listener_fd)
+        registered = self.nameserver_of[socket.SOCK_STREAM].pop(address_key(client), None)
+        return self.nameserver_of_socket.get(listener_fd) or registered
 
     def close(self) -> None:
         for stream in list(self.streams):

@@ -1,4 +1,5 @@
-"""The redirect policy: what streams-run does at a stopped connect, bind, accept or sendto.
+"""The redirect policy: what streams-run does at a stopped connect, bind, accept, sendto
+or recvfrom.
 
 Initiator side: a connect to ``globus.<TUNNEL_ID>:<fake_port>`` (the name
 resolves, through ``dns``, to an address of ours) or to a ``--globus-contact``
@@ -66,6 +67,8 @@ NAME_SERVICE_SOCKETS = frozenset({
     "/var/run/nscd/socket", "/run/nscd/socket",
     "/run/systemd/resolve/io.systemd.Resolve",
 })
+# Sockaddr buffers pointed at a stand-in remembered per process, at most (see on_sendto).
+MAX_STAND_IN_BUFFERS = 64
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Redirector:
             numbers["accept"]: self.on_accept,
             numbers["accept4"]: self.on_accept,
             numbers["sendto"]: self.on_sendto,
+            numbers["recvfrom"]: self.on_recvfrom,
             numbers["sendmsg"]: self.on_sendmsg,
         }
         for name in REFUSED_SYSCALLS:  # without a filter, every syscall stops here
@@ -112,6 +116,11 @@ class Redirector:
         self._sockaddrs: dict[bytes, SockAddr] = {}  # raw sockaddr -> decoded (a small cache)
         self.closed_processes: set[int] = set()  # not dumpable, said so (_fail_closed)
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
+        # Processes whose sendto went to a stand-in (their recvfrom is looked at), and per
+        # process, each sockaddr buffer written there: address -> (what we wrote, what
+        # the program had). See on_sendto and on_recvfrom.
+        self.stand_in_users: set[int] = set()
+        self.stand_in_buffers: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         self.access_point = _numeric(self.tunnel.connector_contact_string)
         # Names the responder answers, and the (host, port) pairs a connect is redirected for.
         hosts = iter(FAKE_NETWORK.hosts())
@@ -258,6 +267,8 @@ class Redirector:
 
     def forget_process(self, tgid: int) -> None:
         self.closed_processes.discard(tgid)
+        self.stand_in_users.discard(tgid)
+        self.stand_in_buffers.pop(tgid, None)
         for table in (self.pidfds, self.memory):
             descriptor = table.pop(tgid, None)
             if descriptor is not None:
@@ -463,18 +474,102 @@ class Redirector:
             self.tracer.resume(task)  # other names go to the real nameserver, untouched
             return
         # musl sends to &ns[j], its own copy of the nameserver's address for this lookup,
-        # and takes only replies from an address in ns[]: point that entry at our stand-in
-        # for the nameserver, and both its query and our reply pass. (A buffer used again
-        # later is fine too: the stand-in passes other names on to that nameserver.)
-        responder = self.dns.address_for_nameserver(nameserver.family, nameserver)
-        encoded = sa_codec.encode(responder) if responder is not None else b""
-        if not encoded or len(encoded) > address_length:
+        # and takes only replies from an address in ns[] (1.2.4 and later read them with
+        # recvmsg, which is never stopped): point that entry at our stand-in for the
+        # nameserver, and both its query and our reply pass. (A buffer used again later
+        # is fine too: the stand-in passes other names on to that nameserver.) Resolvers
+        # that check replies against a copy of their own, or with recvfrom, are told the
+        # nameserver's address instead of the stand-in's there (on_recvfrom).
+        stand_in = self.dns.address_for_nameserver(nameserver.family, nameserver)
+        if stand_in is None:
+            # Sent as it is, the query would leak the tunnel's name to the nameserver.
+            log.debug("dns: query of process %d to %s failed (ENOBUFS): no stand-in for "
+                      "that nameserver can be made", task.tgid, nameserver)
+            self.tracer.complete(task, -errno.ENOBUFS)
+            return
+        # A sockaddr_in6 may come without its last field (RFC 2133's 24 bytes): the
+        # stand-in's scope id is 0, so its first 24 bytes say all.
+        encoded = sa_codec.encode(stand_in)[:address_length]
+        try:
+            original = self.read_memory(task, address, len(encoded))
+            # The program's buffer may be read-only (a const sockaddr): written anyway.
+            pt.write_memory(task.tid, address, encoded, force=True)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise
+            log.debug("dns: query of process %d to %s failed (EFAULT): its address "
+                      "cannot be rewritten: %s", task.tgid, nameserver, exc)
+            self.tracer.complete(task, -errno.EFAULT)
+            return
+        self.stand_in_users.add(task.tgid)
+        self._note_stand_in_buffer(task.tgid, address, encoded, original)
+        log.debug("dns: query of process %d to %s sent to the tunnel's responder at %s",
+                  task.tgid, nameserver, stand_in)
+        self.tracer.resume(task)
+
+    def _note_stand_in_buffer(self, tgid: int, address: int, written: bytes,
+                              original: bytes) -> None:
+        buffers = self.stand_in_buffers.setdefault(tgid, {})
+        buffers.pop(address, None)  # noted again, as the newest
+        if len(buffers) >= MAX_STAND_IN_BUFFERS:
+            del buffers[next(iter(buffers))]  # the oldest
+        buffers[address] = (written, original)
+
+    def on_recvfrom(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        """A recvfrom that asks who sent the datagram (the filter stops no other).
+
+        A resolver that reads answers with recvfrom checks their source: dnspython
+        against its own copy of the nameserver's address, musl before 1.2.4 against
+        ns[], the buffer on_sendto pointed at our stand-in. Such a reply from the
+        stand-in is reported as the nameserver's, and the program's buffers are put
+        back as they were, so both checks pass. Only for processes that sent to a
+        stand-in; every other recvfrom runs as it is."""
+        address, length_at = args[4], args[5]
+        if task.tgid not in self.stand_in_users or not address or not length_at:
             self.tracer.resume(task)
             return
-        pt.write_memory(task.tid, address, encoded)
-        log.debug("dns: query of process %d to %s sent to the tunnel's responder at %s",
-                  task.tgid, nameserver, responder)
+        try:
+            (room,) = struct.unpack("=I", self.read_memory(task, length_at, 4))
+        except OSError:
+            self.tracer.resume(task)  # the kernel says EFAULT
+            return
+        self.tracer.run_to_exit(task, lambda info: self._received(task, args, room, info))
+
+    def _received(self, task: Task, args: tuple[int, ...], room: int,
+                  info: pt.SyscallInfo) -> None:
+        assert self.dns is not None
+        try:
+            if not (info.is_error or info.rval < 0) and room >= 8:
+                source = self._read_sockaddr(task, args[4], min(room, sa_codec.MAX_SOCKADDR))
+                nameserver = None if source is None or not source.is_ip else \
+                    self.dns.stand_in_for.get(source.key)
+                if source is not None and nameserver is not None:
+                    as_sent = SockAddr(source.family, nameserver.host, nameserver.port,
+                                       mapped=source.family == socket.AF_INET6
+                                       and ":" not in nameserver.host,
+                                       scope_id=nameserver.scope_id)
+                    pt.write_memory(task.tid, args[4], sa_codec.encode(as_sent)[:room])
+                    self._restore_stand_in_buffers(task)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return
+            log.debug("dns: the source of a reply to process %d is left as is: %s",
+                      task.tgid, exc)
         self.tracer.resume(task)
+
+    def _restore_stand_in_buffers(self, task: Task) -> None:
+        """Put back the nameserver's address in each buffer on_sendto pointed at a
+        stand-in and that still says so (musl before 1.2.4 compares the reply's
+        source, now the nameserver's, with them); forget the rest, used since."""
+        buffers = self.stand_in_buffers.pop(task.tgid, {})
+        for address, (written, original) in buffers.items():
+            try:
+                if self.read_memory(task, address, len(written)) == written:
+                    pt.write_memory(task.tid, address, original, force=True)
+            except OSError as exc:
+                if exc.errno == errno.ESRCH:
+                    raise
+                continue  # unmapped since: nothing to restore
 
     # -- listener side -----------------------------------------------------------------
 

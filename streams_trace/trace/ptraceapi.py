@@ -286,14 +286,32 @@ def read_memory_at(memory: int, address: int, size: int) -> bytes:
     return data
 
 
-def write_memory(tid: int, address: int, data: bytes) -> None:
+def write_memory(tid: int, address: int, data: bytes, *, force: bool = False) -> None:
+    """Write ``data`` at ``address`` in thread ``tid``'s process.
+
+    process_vm_writev honours the page's protection; with ``force``, a read-only page
+    (a const sockaddr, say) is written through /proc/TID/mem instead, as a debugger
+    writes a breakpoint: the kernel copies the page for this process alone."""
     buffer = ctypes.create_string_buffer(data, len(data))
     local = _Iovec(ctypes.addressof(buffer), len(data))
     remote = _Iovec(address, len(data))
     done = _libc.process_vm_writev(tid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if done != len(data):
-        error = ctypes.get_errno()
+    if done == len(data):
+        return
+    error = ctypes.get_errno() if done < 0 else errno.EFAULT
+    if not (force and error == errno.EFAULT and 0 < address < 1 << 63):
         raise OSError(error, f"process_vm_writev({tid}): {os.strerror(error)}")
+    memory = os.open(f"/proc/{tid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        written = os.pwrite(memory, data, address)
+    except OSError as exc:
+        if exc.errno != errno.EIO:  # EIO: nothing mapped there
+            raise
+        written = 0
+    finally:
+        os.close(memory)
+    if written != len(data):
+        raise OSError(errno.EFAULT, f"{len(data)} bytes at {address:#x} cannot be written")
 
 
 # pidfd_open(2) flag: a descriptor on one thread rather than its process (Linux 6.9).
