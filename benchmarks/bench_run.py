@@ -311,6 +311,16 @@ def main() -> None:
                 rows.append((label, f"{native:.1f}", f"{traced:.1f}",
                              f"{traced - native:+.1f} us", "-"))
 
+            # A datagram sent with sendto and read with recvfrom, both with an address (as
+            # resolvers that do not connect do): both stop, neither is redirected.
+            datagrams = 20000
+            command = [str(syscalls), "udp", str(datagrams)]
+            native, traced, _ = alternating(options.runs, program(command, False),
+                                            program(command, True))
+            native, traced = native / datagrams * 1e6, traced / datagrams * 1e6
+            rows.append(("a UDP datagram by sendto+recvfrom, each (us)", f"{native:.1f}",
+                         f"{traced:.1f}", f"{traced - native:+.1f} us", "-"))
+
             # Each new process costs stops of its own (its fork, its first stop, its exec)
             # and its exit reaches the parent only through the supervisor: what a shell
             # script that runs many short commands pays.

@@ -41,7 +41,8 @@ COMPILERS = ["cc", "gcc", "c99", "clang", "tcc", "musl-gcc", "x86_64-linux-gnu-g
 # missing, or a test program cannot be built (tests/test_run.py, build_c and build_go).
 NO_COMPILER_REASONS = {NATIVE_MISSING, "gcc is not installed (Debian: gcc)",
                        "musl-gcc is not installed (Debian: musl-tools)",
-                       "go is not installed (Debian: golang-go)", "gcc is not installed"}
+                       "go is not installed (Debian: golang-go)", "gcc is not installed",
+                       "ziglang is not installed (PyPI: ziglang)"}
 # Programs the streams-run tests drive besides the ones they build.
 RUN_TOOLS = ["sh", "bash", "curl", "env", "true"]
 
@@ -110,6 +111,16 @@ def without_compiler(venv: Path, tools: Path) -> dict[str, str]:
     env["PATH"] = f"{venv / 'bin'}:{tools}"
     for compiler in COMPILERS:
         assert shutil.which(compiler, path=env["PATH"]) is None, compiler
+    # Zig's C compiler comes as a Python package (ziglang): hidden behind one that
+    # cannot be imported.
+    shadow = tools.parent / "no-ziglang"
+    (shadow / "ziglang").mkdir(parents=True)
+    (shadow / "ziglang" / "__init__.py").write_text(
+        "raise ImportError('no compiler in this environment')\n")
+    env["PYTHONPATH"] = str(shadow)
+    check = subprocess.run([str(venv / "bin" / "python"), "-c", "import ziglang"], env=env,
+                           capture_output=True, timeout=60)
+    assert check.returncode != 0, "ziglang can still be imported"
     return env
 
 

@@ -164,8 +164,10 @@ def musl_client(built: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def new_musl_client(built: Path, pytestconfig: pytest.Config) -> Path:
-    # Zig builds its musl in a minute or more: kept in pytest's cache between runs.
-    cache = pytestconfig.cache.mkdir("zig") if pytestconfig.cache else built / "zig-cache"
+    # Zig builds its musl in a minute or more: kept in pytest's cache between runs (none
+    # with -p no:cacheprovider).
+    store = getattr(pytestconfig, "cache", None)
+    cache = store.mkdir("zig") if store is not None else built / "zig-cache"
     return build_zig_musl(built / "client-musl-1.2.5", cache)
 
 

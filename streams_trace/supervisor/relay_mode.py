@@ -19,8 +19,8 @@ carries the bytes:
   socket is checked: a connection that did not come from the supervisor is
   closed inside the program and never seen.
 - Names: a DNS connect goes to the responder's stand-in for its nameserver the same way
-  (a private sockaddr); musl's sendto has its own copy of the address rewritten, as in
-  the direct path.
+  (a private sockaddr); musl's sendto has its own copy of the address rewritten, and a
+  reply's source is told back at recvfrom, as in the direct path.
 
 Scratch memory: one anonymous mapping per process (``mmap`` injected into the
 program the first time it needs one), cut into slots, one per syscall in flight.

@@ -2,7 +2,7 @@
 
 Stops are read as SIGCHLD arrives on a signalfd, so the same loop also drives
 handshakes and DNS: the supervisor never blocks on one connection. What to do
-at a stopped connect/bind/accept/sendto is the policy's business (see
+at a stopped connect/bind/accept/sendto/recvfrom is the policy's business (see
 ``redirect``); this module only knows how to stop, hold, complete and resume
 threads, follow forks, clones and execs, re-deliver signals and keep
 group-stops (Ctrl-Z) working.

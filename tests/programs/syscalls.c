@@ -3,6 +3,8 @@
  *   syscalls getppid N      N getppid() calls (not traced by the filter)
  *   syscalls open N PATH    N open()+read()+close() of PATH (an open-heavy program)
  *   syscalls connect N      N UDP connect()s to 127.0.0.1:9 (stopped, but not redirected)
+ *   syscalls udp N          N datagrams to itself on loopback, sendto() and recvfrom() with
+ *                           addresses (both stopped, as a resolver's; not redirected)
  *   syscalls spawn N PATH   N fork()+execv(PATH)+waitpid() (a script's work; PATH: /bin/true)
  *   syscalls int80          one 32-bit system call from a 64-bit program
  *   syscalls x32            one x32-ABI system call (getpid with the x32 bit)
@@ -47,7 +49,7 @@ int main(int argc, char **argv) {
         printf("syscall(-1) returned %ld: %s\n", result, strerror(errno));
         return 0;
     }
-    if (argc < 3) { fprintf(stderr, "usage: syscalls getppid|open|connect|spawn N [PATH]\n"); return 2; }
+    if (argc < 3) { fprintf(stderr, "usage: syscalls getppid|open|connect|udp|spawn N [PATH]\n"); return 2; }
     long n = atol(argv[2]);
     char buffer[256];
     double started = now();
@@ -61,6 +63,26 @@ int main(int argc, char **argv) {
         for (long i = 0; i < n; i++) {
             if (connect(sock, (struct sockaddr *)&discard, sizeof discard) < 0) {
                 perror("connect");
+                return 1;
+            }
+        }
+    } else if (strcmp(argv[1], "udp") == 0) {
+        struct sockaddr_in self = {.sin_family = AF_INET};
+        self.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t length = sizeof self;
+        int sock = socket(AF_INET, SOCK_DGRAM, 0);
+        if (sock < 0 || bind(sock, (struct sockaddr *)&self, sizeof self) < 0 ||
+            getsockname(sock, (struct sockaddr *)&self, &length) < 0) {
+            perror("udp socket");
+            return 1;
+        }
+        for (long i = 0; i < n; i++) {
+            struct sockaddr_in from;
+            socklen_t from_length = sizeof from;
+            if (sendto(sock, "x", 1, 0, (struct sockaddr *)&self, sizeof self) != 1 ||
+                recvfrom(sock, buffer, sizeof buffer, 0, (struct sockaddr *)&from,
+                         &from_length) != 1) {
+                perror("udp");
                 return 1;
             }
         }
