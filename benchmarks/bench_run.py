@@ -312,7 +312,8 @@ def main() -> None:
                              f"{traced - native:+.1f} us", "-"))
 
             # A datagram sent with sendto and read with recvfrom, both with an address (as
-            # resolvers that do not connect do): both stop, neither is redirected.
+            # resolvers that do not connect do): the sendto stops (it might carry a query
+            # for the tunnel's names), the recvfrom not (this process sent none).
             datagrams = 20000
             command = [str(syscalls), "udp", str(datagrams)]
             native, traced, _ = alternating(options.runs, program(command, False),

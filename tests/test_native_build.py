@@ -42,7 +42,8 @@ COMPILERS = ["cc", "gcc", "c99", "clang", "tcc", "musl-gcc", "x86_64-linux-gnu-g
 NO_COMPILER_REASONS = {NATIVE_MISSING, "gcc is not installed (Debian: gcc)",
                        "musl-gcc is not installed (Debian: musl-tools)",
                        "go is not installed (Debian: golang-go)", "gcc is not installed",
-                       "ziglang is not installed (PyPI: ziglang)"}
+                       "ziglang is not installed (PyPI: ziglang)",
+                       "dnspython is not installed (PyPI: dnspython)"}
 # Programs the streams-run tests drive besides the ones they build.
 RUN_TOOLS = ["sh", "bash", "curl", "env", "true"]
 
@@ -117,7 +118,7 @@ def without_compiler(venv: Path, tools: Path) -> dict[str, str]:
     (shadow / "ziglang").mkdir(parents=True)
     (shadow / "ziglang" / "__init__.py").write_text(
         "raise ImportError('no compiler in this environment')\n")
-    env["PYTHONPATH"] = str(shadow)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow), env.get("PYTHONPATH")]))
     check = subprocess.run([str(venv / "bin" / "python"), "-c", "import ziglang"], env=env,
                            capture_output=True, timeout=60)
     assert check.returncode != 0, "ziglang can still be imported"

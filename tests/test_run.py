@@ -328,6 +328,68 @@ def test_sendto_resolvers_get_the_tunnels_name_from_the_nameserver(
             leak_watch.close()
     assert (code, out) == (0, f"{FAKE_NETWORK[1]}\n"), err
     assert "sent to the tunnel's responder" in err
+    # recvfrom stops in this process only from its query on (the program starts without).
+    assert err.count("its recvfrom calls that ask for the source stop from now on") == 1, err
+
+
+def test_a_query_past_the_last_stand_in_fails_and_never_leaves(
+        tunnel: Gateway, sendto_client: Path) -> None:
+    """Each nameserver a program sends the tunnel's names to gets a stand-in, up to
+    MAX_STAND_INS: past that, the query fails (ENOBUFS) instead of going out as it is."""
+    name, _ = fake_contact(tunnel)
+    count = dns.MAX_STAND_INS + 1
+    script = (f'for i in $(seq 1 {count}); do "$0" 127.83.1.$i "$1" || echo "failed $i"; '
+              "done")
+    code, out, err = initiator_run(tunnel, "sh", "-c", script, str(sendto_client), name)
+    assert code == 0, err
+    assert out == f"{FAKE_NETWORK[1]}\n" * dns.MAX_STAND_INS + f"failed {count}\n", err
+    assert "sendto: No buffer space available" in err
+
+
+# Prints the seccomp filters on each of its two threads before and after one lookup with
+# dnspython of the name in argv[1] (from nameserver argv[2]).
+FILTERS_AROUND_A_LOOKUP = """
+import os, sys, threading
+import dns.resolver
+
+def filters():
+    counts = set()
+    for thread in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{thread}/status") as status:
+            counts.update(line.split()[1] for line in status
+                          if line.startswith("Seccomp_filters:"))
+    return ",".join(sorted(counts)) or "unknown"
+
+done = threading.Event()
+waiting = threading.Thread(target=done.wait)
+waiting.start()
+print(filters())
+resolver = dns.resolver.Resolver(configure=False)
+resolver.nameservers = [sys.argv[2]]
+if sys.argv[1] != "-":
+    print(resolver.resolve(sys.argv[1], "A")[0].address)
+print(filters())
+done.set()
+"""
+
+
+@pytest.mark.parametrize("lookup", [True, False], ids=["tunnel-name", "no-lookup"])
+def test_recvfrom_stops_only_in_a_process_that_sent_to_a_stand_in(
+        tunnel: Gateway, lookup: bool) -> None:
+    """The program starts with no filter on recvfrom (UDP programs read at full speed):
+    its first query for the tunnel's names adds one, on all its threads."""
+    pytest.importorskip("dns.resolver", reason="dnspython is not installed (PyPI: dnspython)")
+    name, _ = fake_contact(tunnel)
+    code, out, err = initiator_run(tunnel, sys.executable, "-c", FILTERS_AROUND_A_LOOKUP,
+                                   name if lookup else "-", "127.83.0.53")
+    assert code == 0, err
+    before, *rest = out.split()
+    if before == "unknown":
+        pytest.skip("this kernel does not say how many seccomp filters a thread has (5.9+)")
+    if lookup:
+        assert rest == [str(FAKE_NETWORK[1]), str(int(before) + 1)], out
+    else:
+        assert rest == [before], out
 
 
 def test_dnspython_resolves_the_tunnels_name(tunnel: Gateway, echo: EchoListener) -> None:

@@ -6,7 +6,8 @@ decides, and answers: a result for the connect (the supervisor did it on the
 program's socket) or "run it as it is". Compared with a ptrace stop this saves
 the SIGCHLD/waitpid round, the register reads and writes and the resume; the
 tracer still follows every thread, fork and exec, and still stops the program
-at bind, accept, and a sendto or recvfrom with an address.
+at bind, accept, a sendto with an address, and (in a process that sent the tunnel's
+names that way) a recvfrom with one.
 
 The filter goes in with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (``launch``):
 once the supervisor has read a notification, only a fatal signal takes the

@@ -38,11 +38,13 @@ from ..conf import TunnelConf
 from ..contact import Contact, globus_name
 from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector, Handshake, State
 from ..trace import ptraceapi as pt
+from ..trace import seccomp
 from ..trace import sockaddr as sa_codec
 from ..trace.procfs import fd_inode, thread_exists
 from ..trace.sockaddr import SockAddr
 from .dns import Responder, hosts_file_addresses
 from .loop import Loop, Timer
+from .scratch import SLOT_SIZE, Scratch
 from .tracer import HeldCall, Task, TracedCall, Tracer
 
 if TYPE_CHECKING:
@@ -69,6 +71,17 @@ NAME_SERVICE_SOCKETS = frozenset({
 })
 # Sockaddr buffers pointed at a stand-in remembered per process, at most (see on_sendto).
 MAX_STAND_IN_BUFFERS = 64
+# How the recvfrom filter is added to a process (watch_recvfrom), tried in turn: for all
+# its threads, then (where one of them has a filter of its own) for the calling one; with
+# the program's speculation mitigations left alone, then as kernels before 4.17 know it.
+SECCOMP_FILTER_FLAG_TSYNC = 1
+RECVFROM_FILTER_FLAGS = (
+    SECCOMP_FILTER_FLAG_TSYNC | seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+    seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+    SECCOMP_FILTER_FLAG_TSYNC,
+    0,
+)
+SOCK_FPROG = struct.Struct("=H6xQ")  # struct sock_fprog: length, pointer to the program
 
 
 @dataclass
@@ -108,7 +121,7 @@ class Redirector:
         for name in REFUSED_SYSCALLS:  # without a filter, every syscall stops here
             self.handlers[numbers[name]] = self._refuse
         self.syscall_names = {numbers[name]: name for name in
-                              ("connect", "bind", "accept", "accept4")}  # for log lines
+                              ("connect", "bind", "accept", "accept4", "sendto")}  # log lines
         self.pidfds: dict[int, int] = {}
         self.memory: dict[int, int] = {}  # tgid -> its /proc/PID/mem, for sockaddr reads
         self.destinations: dict[int, tuple | None] = {}  # socket family -> access point address
@@ -116,11 +129,23 @@ class Redirector:
         self._sockaddrs: dict[bytes, SockAddr] = {}  # raw sockaddr -> decoded (a small cache)
         self.closed_processes: set[int] = set()  # not dumpable, said so (_fail_closed)
         self.listeners: set[int] = set()  # inodes of the program's tunnel listening sockets
+        self.scratch = Scratch(tracer)  # memory of ours in the program (relay mode's too)
         # Processes whose sendto went to a stand-in (their recvfrom is looked at), and per
         # process, each sockaddr buffer written there: address -> (what we wrote, what
         # the program had). See on_sendto and on_recvfrom.
         self.stand_in_users: set[int] = set()
         self.stand_in_buffers: dict[int, dict[int, tuple[bytes, bytes]]] = {}
+        # The filter that stops recvfrom with an address, added to a process when it first
+        # sends to a stand-in (watch_recvfrom); the processes that have it (or gave up),
+        # and the next way to try for those that are getting it.
+        self.recvfrom_filter = seccomp.pack(
+            seccomp.build([seccomp.Rule("recvfrom", nonzero_arg=4)], tracer.arch))
+        assert len(self.recvfrom_filter) <= SLOT_SIZE
+        self.recvfrom_watched: set[int] = set()
+        # tgid -> its threads that have the filter, where the process's others could not
+        # take it (one has a filter of its own).
+        self.recvfrom_watched_threads: dict[int, set[int]] = {}
+        self.recvfrom_tries: dict[int, int] = {}
         self.access_point = _numeric(self.tunnel.connector_contact_string)
         # Names the responder answers, and the (host, port) pairs a connect is redirected for.
         hosts = iter(FAKE_NETWORK.hosts())
@@ -223,6 +248,11 @@ class Redirector:
             if target is None or (self.access_point is not None
                                   and target.is_ip and target.key in self.targets):
                 result = -errno.ECONNREFUSED
+        elif nr == numbers["sendto"] and self.dns is not None:
+            # A query not checked may be for the tunnel's names: it must not leave.
+            target = self._sockaddr_or_none(task, args[4], args[5])
+            if target is None or (target.is_ip and target.port == DNS_PORT):
+                result = -errno.EPERM
         if result is None:
             log.debug("syscall %d of thread %d left alone: %s", nr, task.tid, exc)
             task.resume()
@@ -234,11 +264,11 @@ class Redirector:
             if task.tgid not in self.closed_processes:
                 self.closed_processes.add(task.tgid)
                 log.warning(
-                    "process %d is closed to streams-run, so its connects, binds and tunnel "
-                    "accepts fail: it is not dumpable (an unreadable executable, or prctl "
-                    "PR_SET_DUMPABLE 0) and streams-run lacks CAP_SYS_PTRACE, or a security "
-                    "module forbids it; make the file readable, or give streams-run "
-                    "CAP_SYS_PTRACE", task.tgid)
+                    "process %d is closed to streams-run, so its connects, binds, tunnel "
+                    "accepts and DNS queries fail: it is not dumpable (an unreadable "
+                    "executable, or prctl PR_SET_DUMPABLE 0) and streams-run lacks "
+                    "CAP_SYS_PTRACE, or a security module forbids it; make the file "
+                    "readable, or give streams-run CAP_SYS_PTRACE", task.tgid)
             log.debug("%s of process %d refused: %s", what, task.tgid, exc)
         else:
             log.warning("%s of process %d refused, streams-run could not check it: %s",
@@ -269,6 +299,10 @@ class Redirector:
         self.closed_processes.discard(tgid)
         self.stand_in_users.discard(tgid)
         self.stand_in_buffers.pop(tgid, None)
+        self.recvfrom_watched.discard(tgid)  # after an exec the filter stays: added again
+        self.recvfrom_tries.pop(tgid, None)
+        self.recvfrom_watched_threads.pop(tgid, None)
+        self.scratch.forget(tgid)
         for table in (self.pidfds, self.memory):
             descriptor = table.pop(tgid, None)
             if descriptor is not None:
@@ -416,14 +450,17 @@ class Redirector:
             responder = self.dns.address_for(sock.family, nameserver.mapped, sock.type)
             if responder is None:
                 sock.close()
-                call.resume()
+                self.refuse_dns(call, nameserver)
                 return
             DnsStreamConnect(self, call, fd, sock, nameserver, responder).start()
             return
         try:
             responder = self.dns.address_for(sock.family, nameserver.mapped)
-            if sock.type != socket.SOCK_DGRAM or responder is None:
+            if sock.type != socket.SOCK_DGRAM:
                 call.resume()
+                return
+            if responder is None:
+                self.refuse_dns(call, nameserver)
                 return
             try:
                 sock.connect(responder)
@@ -436,6 +473,14 @@ class Redirector:
         log.debug("dns: queries of process %d to %s go through the tunnel's responder",
                   call.tgid, nameserver)
         call.complete(0)
+
+    def refuse_dns(self, call: HeldCall, nameserver: SockAddr) -> None:
+        """A DNS connect the responder cannot take (no loopback address, or no stand-in
+        left): refused, as whatever the socket sent would reach the nameserver past the
+        responder, queries for the tunnel's names included."""
+        log.debug("dns: connect of process %d to %s refused (ECONNREFUSED): the tunnel's "
+                  "responder cannot take it", call.tgid, nameserver)
+        call.complete(-errno.ECONNREFUSED)
 
     def _refuse_fast_open(self, task: Task, target: SockAddr | None) -> bool:
         """A TCP Fast Open send (MSG_FASTOPEN: connect, and send with the SYN) to the
@@ -487,6 +532,8 @@ class Redirector:
                       "that nameserver can be made", task.tgid, nameserver)
             self.tracer.complete(task, -errno.ENOBUFS)
             return
+        if not self.watch_recvfrom(task):
+            return  # the filter goes in first, in place of this sendto, which stops again
         # A sockaddr_in6 may come without its last field (RFC 2133's 24 bytes): the
         # stand-in's scope id is 0, so its first 24 bytes say all.
         encoded = sa_codec.encode(stand_in)[:address_length]
@@ -502,10 +549,74 @@ class Redirector:
             self.tracer.complete(task, -errno.EFAULT)
             return
         self.stand_in_users.add(task.tgid)
-        self._note_stand_in_buffer(task.tgid, address, encoded, original)
         log.debug("dns: query of process %d to %s sent to the tunnel's responder at %s",
                   task.tgid, nameserver, stand_in)
-        self.tracer.resume(task)
+
+        def sent(info: pt.SyscallInfo) -> None:
+            # Noted once the kernel has taken the address: a reply another thread reads
+            # meanwhile must not put the nameserver's back before this query is sent.
+            self._note_stand_in_buffer(task.tgid, address, encoded, original)
+            self.tracer.resume(task)
+
+        self.tracer.run_to_exit(task, sent)
+
+    def watch_recvfrom(self, task: Task) -> bool:
+        """True once the process's recvfrom calls that ask for the source stop here (see
+        on_recvfrom). The filter the program starts with lets them run, at full speed:
+        UDP programs read that way, and only a process that sends to a stand-in needs
+        them. Its first such sendto adds a filter for them to the process (all its
+        threads; its children and later images inherit it), run in place of the
+        stopped sendto, which then stops again: False until then."""
+        tgid = task.tgid
+        if (tgid in self.recvfrom_watched or self.tracer.stop_every_syscall
+                or task.tid in self.recvfrom_watched_threads.get(tgid, ())):
+            return True
+
+        def give_up(reason: str) -> None:
+            self.recvfrom_watched.add(tgid)  # not tried again at every sendto
+            self.recvfrom_tries.pop(tgid, None)
+            log.warning("process %d: its recvfrom calls cannot be watched (%s); a resolver "
+                        "in it that checks where answers come from may not resolve the "
+                        "tunnel's names", tgid, reason)
+
+        if not self.scratch.ensure(task, 2, lambda error: give_up(os.strerror(error))):
+            return False  # memory for the filter first
+        tries = self.recvfrom_tries.get(tgid, 0)
+        program, header = self.scratch.acquire(tgid), self.scratch.acquire(tgid)
+        try:
+            pt.write_memory(task.tid, program, self.recvfrom_filter)
+            pt.write_memory(task.tid, header, SOCK_FPROG.pack(len(self.recvfrom_filter) // 8,
+                                                              program))
+        except OSError:
+            self.scratch.release(tgid, program)
+            self.scratch.release(tgid, header)
+            raise
+
+        flags = RECVFROM_FILTER_FLAGS[tries]
+
+        def added(result: int) -> None:
+            self.scratch.release(tgid, program)
+            self.scratch.release(tgid, header)
+            if result == 0 and flags & SECCOMP_FILTER_FLAG_TSYNC:
+                self.recvfrom_watched.add(tgid)
+                self.recvfrom_tries.pop(tgid, None)
+                log.debug("dns: process %d sent to a stand-in: its recvfrom calls that ask "
+                          "for the source stop from now on", tgid)
+            elif result == 0:  # this thread only; the next thread starts with this way
+                self.recvfrom_watched_threads.setdefault(tgid, set()).add(task.tid)
+                log.debug("dns: thread %d of process %d sent to a stand-in: its recvfrom "
+                          "calls that ask for the source stop from now on (not all threads "
+                          "of the process could take the filter)", task.tid, tgid)
+            elif tries + 1 < len(RECVFROM_FILTER_FLAGS):  # (a positive result: TSYNC's
+                self.recvfrom_tries[tgid] = tries + 1     # thread that could not take it)
+            else:
+                give_up(os.strerror(-result) if result < 0 else "a thread refused")
+
+        self.tracer.run_instead(
+            task, self.tracer.arch.number("seccomp"),
+            (seccomp.SECCOMP_SET_MODE_FILTER, flags, header, 0, 0, 0),
+            added)
+        return False
 
     def _note_stand_in_buffer(self, tgid: int, address: int, written: bytes,
                               original: bytes) -> None:
@@ -516,7 +627,8 @@ class Redirector:
         buffers[address] = (written, original)
 
     def on_recvfrom(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
-        """A recvfrom that asks who sent the datagram (the filter stops no other).
+        """A recvfrom that asks who sent the datagram, in a process watch_recvfrom added
+        the filter to (which stops no other).
 
         A resolver that reads answers with recvfrom checks their source: dnspython
         against its own copy of the nameserver's address, musl before 1.2.4 against

@@ -22,8 +22,7 @@ carries the bytes:
   (a private sockaddr); musl's sendto has its own copy of the address rewritten, and a
   reply's source is told back at recvfrom, as in the direct path.
 
-Scratch memory: one anonymous mapping per process (``mmap`` injected into the
-program the first time it needs one), cut into slots, one per syscall in flight.
+Scratch memory: see ``scratch``.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import mmap
 import os
 import select
 import selectors
@@ -58,35 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streams_trace.run")
 
-SCRATCH_SIZE = 64 * 1024
-SLOT_SIZE = 128  # a sockaddr_storage
-ADDRLEN_OFFSET = 120  # where a slot keeps an accept's socklen_t
+ADDRLEN_OFFSET = 120  # where a scratch slot keeps an accept's socklen_t
 PRIVATE_CONNECT_RETRY = 0.02  # the program may bind a moment before it listens
 DRAIN_TIMEOUT = 5.0  # at the end, how long relayed connections may take to finish
-
-
-class Scratch:
-    """Slots of supervisor-owned memory inside each traced process."""
-
-    def __init__(self) -> None:
-        self.free: dict[int, list[int]] = {}  # tgid -> free slot addresses
-
-    def has_slot(self, tgid: int) -> bool:
-        return bool(self.free.get(tgid))
-
-    def add_mapping(self, tgid: int, address: int) -> None:
-        slots = self.free.setdefault(tgid, [])
-        slots.extend(range(address, address + SCRATCH_SIZE, SLOT_SIZE))
-
-    def acquire(self, tgid: int) -> int:
-        return self.free[tgid].pop()
-
-    def release(self, tgid: int, slot: int) -> None:
-        if tgid in self.free:  # gone after an exec or exit: the mapping went with it
-            self.free[tgid].append(slot)
-
-    def forget(self, tgid: int) -> None:
-        self.free.pop(tgid, None)
 
 
 @functools.cache
@@ -152,7 +124,7 @@ class Relay:
         self.owner = owner
         self.tracer = owner.tracer
         self.loop = loop
-        self.scratch = Scratch()
+        self.scratch = owner.scratch  # shared with the redirect's own uses
         self._pump_factory = pump_factory
         self._pump: Pump | None = None
         self.listeners: dict[tuple[int, str, int], TunnelListener] = {}
@@ -183,7 +155,6 @@ class Relay:
             self._pump.close()
 
     def forget_process(self, tgid: int) -> None:
-        self.scratch.forget(tgid)
         for listener in list(self.listeners.values()):
             if listener.owner_tgid == tgid:
                 # A child that inherited the program's socket (or the new image after
@@ -228,26 +199,7 @@ class Relay:
 
     def ensure_scratch(self, task: Task) -> bool:
         """True when a slot is free; else map scratch memory and re-run the syscall."""
-        if self.scratch.has_slot(task.tgid):
-            return True
-        arch = self.tracer.arch
-
-        def mapped(result: int) -> None:
-            if result < 0 and result > -4096:
-                log.error("relay: cannot map scratch memory in process %d: %s", task.tgid,
-                          os.strerror(-result))
-                self.tracer.kill_process(task, "streams-run could not prepare process "
-                                               f"{task.tgid} for relay mode")
-                return
-            self.scratch.add_mapping(task.tgid, result & 0xFFFFFFFFFFFFFFFF)
-
-        self.tracer.run_instead(
-            task, arch.number("mmap"),
-            (0, SCRATCH_SIZE, mmap.PROT_READ | mmap.PROT_WRITE,
-             mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, 0xFFFFFFFFFFFFFFFF, 0),
-            mapped,
-        )
-        return False
+        return self.scratch.ensure(task)
 
     def run_with_private(self, task: Task, data: bytes, replace: Callable[[int], dict[int, int]],
                          on_exit: Callable[[pt.SyscallInfo, int], None]) -> None:
@@ -288,14 +240,15 @@ class Relay:
     # -- names -------------------------------------------------------------------------
 
     def _responder(self, task: Task, nameserver: SockAddr) -> SockAddr | None:
-        """The responder that stands in for ``nameserver``; None when the task went on as is."""
+        """The responder that stands in for ``nameserver``; None when the task was refused,
+        or will stop here again (scratch memory mapped first)."""
         dns = self.owner.dns
         assert dns is not None
         if not self.ensure_scratch(task):
             return None
         responder = dns.address_for_nameserver(nameserver.family, nameserver)
         if responder is None:
-            self.tracer.resume(task)
+            self.owner.refuse_dns(TracedCall(self.tracer, task), nameserver)
         return responder
 
     def redirect_dns_connect(self, task: Task, fd: int, nameserver: SockAddr) -> None:

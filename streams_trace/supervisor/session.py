@@ -32,9 +32,8 @@ RULES = (
     # musl resolves with sendto() to the nameserver: only the calls that carry an address
     # stop.
     seccomp.Rule("sendto", nonzero_arg=4),
-    # ... and those that then check where the answer came from read it with recvfrom
-    # and an address (dnspython, musl before 1.2.4): see Redirector.on_recvfrom.
-    seccomp.Rule("recvfrom", nonzero_arg=4),
+    # (recvfrom with an address stops only in a process that sent to a DNS stand-in:
+    # Redirector.watch_recvfrom adds a filter for it then.)
     # TCP Fast Open: a send that connects (see Redirector.on_sendmsg).
     seccomp.Rule("sendmsg", nonzero_arg=2, mask=socket.MSG_FASTOPEN),
 )

@@ -4,7 +4,7 @@
  *   syscalls open N PATH    N open()+read()+close() of PATH (an open-heavy program)
  *   syscalls connect N      N UDP connect()s to 127.0.0.1:9 (stopped, but not redirected)
  *   syscalls udp N          N datagrams to itself on loopback, sendto() and recvfrom() with
- *                           addresses (both stopped, as a resolver's; not redirected)
+ *                           addresses, as a resolver's (the sendto stopped; not redirected)
  *   syscalls spawn N PATH   N fork()+execv(PATH)+waitpid() (a script's work; PATH: /bin/true)
  *   syscalls int80          one 32-bit system call from a 64-bit program
  *   syscalls x32            one x32-ABI system call (getpid with the x32 bit)
