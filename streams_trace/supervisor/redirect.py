@@ -71,16 +71,12 @@ NAME_SERVICE_SOCKETS = frozenset({
 })
 # Sockaddr buffers pointed at a stand-in remembered per process, at most (see on_sendto).
 MAX_STAND_IN_BUFFERS = 64
-# How the recvfrom filter is added to a process (watch_recvfrom), tried in turn: for all
-# its threads, then (where one of them has a filter of its own) for the calling one; with
-# the program's speculation mitigations left alone, then as kernels before 4.17 know it.
+# How the recvfrom filter is added to a process (watch_recvfrom): for all its threads, with
+# the program's speculation mitigations left alone. Without TSYNC where one of its threads
+# cannot take it (a filter of its own), without SPEC_ALLOW where the kernel (before 4.17)
+# does not know the flag.
 SECCOMP_FILTER_FLAG_TSYNC = 1
-RECVFROM_FILTER_FLAGS = (
-    SECCOMP_FILTER_FLAG_TSYNC | seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW,
-    seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW,
-    SECCOMP_FILTER_FLAG_TSYNC,
-    0,
-)
+RECVFROM_FILTER_FLAGS = SECCOMP_FILTER_FLAG_TSYNC | seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW
 SOCK_FPROG = struct.Struct("=H6xQ")  # struct sock_fprog: length, pointer to the program
 
 
@@ -145,7 +141,7 @@ class Redirector:
         # tgid -> its threads that have the filter, where the process's others could not
         # take it (one has a filter of its own).
         self.recvfrom_watched_threads: dict[int, set[int]] = {}
-        self.recvfrom_tries: dict[int, int] = {}
+        self.recvfrom_flags: dict[int, int] = {}  # tgid -> the flags its next try uses
         self.access_point = _numeric(self.tunnel.connector_contact_string)
         # Names the responder answers, and the (host, port) pairs a connect is redirected for.
         hosts = iter(FAKE_NETWORK.hosts())
@@ -248,6 +244,8 @@ class Redirector:
             if target is None or (self.access_point is not None
                                   and target.is_ip and target.key in self.targets):
                 result = -errno.ECONNREFUSED
+            elif self.dns is not None and target.is_ip and target.port == DNS_PORT:
+                result = -errno.ECONNREFUSED  # not pointed at the responder: may leak names
         elif nr == numbers["sendto"] and self.dns is not None:
             # A query not checked may be for the tunnel's names: it must not leave.
             target = self._sockaddr_or_none(task, args[4], args[5])
@@ -265,7 +263,7 @@ class Redirector:
                 self.closed_processes.add(task.tgid)
                 log.warning(
                     "process %d is closed to streams-run, so its connects, binds, tunnel "
-                    "accepts and DNS queries fail: it is not dumpable (an unreadable "
+                    "accepts and sendto calls fail: it is not dumpable (an unreadable "
                     "executable, or prctl PR_SET_DUMPABLE 0) and streams-run lacks "
                     "CAP_SYS_PTRACE, or a security module forbids it; make the file "
                     "readable, or give streams-run CAP_SYS_PTRACE", task.tgid)
@@ -300,7 +298,7 @@ class Redirector:
         self.stand_in_users.discard(tgid)
         self.stand_in_buffers.pop(tgid, None)
         self.recvfrom_watched.discard(tgid)  # after an exec the filter stays: added again
-        self.recvfrom_tries.pop(tgid, None)
+        self.recvfrom_flags.pop(tgid, None)
         self.recvfrom_watched_threads.pop(tgid, None)
         self.scratch.forget(tgid)
         for table in (self.pidfds, self.memory):
@@ -574,14 +572,14 @@ class Redirector:
 
         def give_up(reason: str) -> None:
             self.recvfrom_watched.add(tgid)  # not tried again at every sendto
-            self.recvfrom_tries.pop(tgid, None)
+            self.recvfrom_flags.pop(tgid, None)
             log.warning("process %d: its recvfrom calls cannot be watched (%s); a resolver "
                         "in it that checks where answers come from may not resolve the "
                         "tunnel's names", tgid, reason)
 
         if not self.scratch.ensure(task, 2, lambda error: give_up(os.strerror(error))):
             return False  # memory for the filter first
-        tries = self.recvfrom_tries.get(tgid, 0)
+        flags = self.recvfrom_flags.get(tgid, RECVFROM_FILTER_FLAGS)
         program, header = self.scratch.acquire(tgid), self.scratch.acquire(tgid)
         try:
             pt.write_memory(task.tid, program, self.recvfrom_filter)
@@ -592,23 +590,23 @@ class Redirector:
             self.scratch.release(tgid, header)
             raise
 
-        flags = RECVFROM_FILTER_FLAGS[tries]
-
         def added(result: int) -> None:
             self.scratch.release(tgid, program)
             self.scratch.release(tgid, header)
             if result == 0 and flags & SECCOMP_FILTER_FLAG_TSYNC:
                 self.recvfrom_watched.add(tgid)
-                self.recvfrom_tries.pop(tgid, None)
+                self.recvfrom_flags.pop(tgid, None)
                 log.debug("dns: process %d sent to a stand-in: its recvfrom calls that ask "
                           "for the source stop from now on", tgid)
-            elif result == 0:  # this thread only; the next thread starts with this way
+            elif result == 0:  # this thread only; the next one starts with these flags
                 self.recvfrom_watched_threads.setdefault(tgid, set()).add(task.tid)
                 log.debug("dns: thread %d of process %d sent to a stand-in: its recvfrom "
                           "calls that ask for the source stop from now on (not all threads "
                           "of the process could take the filter)", task.tid, tgid)
-            elif tries + 1 < len(RECVFROM_FILTER_FLAGS):  # (a positive result: TSYNC's
-                self.recvfrom_tries[tgid] = tries + 1     # thread that could not take it)
+            elif result > 0 and flags & SECCOMP_FILTER_FLAG_TSYNC:  # that thread cannot
+                self.recvfrom_flags[tgid] = flags & ~SECCOMP_FILTER_FLAG_TSYNC
+            elif result == -errno.EINVAL and flags & seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW:
+                self.recvfrom_flags[tgid] = flags & ~seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW
             else:
                 give_up(os.strerror(-result) if result < 0 else "a thread refused")
 

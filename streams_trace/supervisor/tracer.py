@@ -204,7 +204,7 @@ class Tracer:
 
         ``on_result`` gets the injected syscall's result (-errno on error). The thread
         then re-issues the syscall it was making, so the policy sees it stop once more
-        (relay mode maps its scratch memory this way).
+        (scratch memory is mapped this way, and the recvfrom filter added).
         """
         regs = pt.get_registers(task.tid)
         original = (archmod.syscall_number(regs), archmod.syscall_args(regs))
