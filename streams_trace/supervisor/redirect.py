@@ -244,8 +244,11 @@ class Redirector:
             if target is None or (self.access_point is not None
                                   and target.is_ip and target.key in self.targets):
                 result = -errno.ECONNREFUSED
-            elif self.dns is not None and target.is_ip and target.port == DNS_PORT:
-                result = -errno.ECONNREFUSED  # not pointed at the responder: may leak names
+            elif (self.dns is not None and target.is_ip and target.port == DNS_PORT
+                  and exc.errno not in (errno.ENOTSOCK, errno.EBADF)):
+                # Not pointed at the responder, it could carry the tunnel's names out. (A
+                # descriptor that is no socket gets the kernel's own error: nothing leaves.)
+                result = -errno.ECONNREFUSED
         elif nr == numbers["sendto"] and self.dns is not None:
             # A query not checked may be for the tunnel's names: it must not leave.
             target = self._sockaddr_or_none(task, args[4], args[5])
