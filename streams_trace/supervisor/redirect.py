@@ -654,8 +654,7 @@ class Redirector:
         try:
             if not (info.is_error or info.rval < 0) and room >= 8:
                 source = self._read_sockaddr(task, args[4], min(room, sa_codec.MAX_SOCKADDR))
-                nameserver = None if source is None or not source.is_ip else \
-                    self.dns.stand_in_for.get(source.key)
+                nameserver = self.dns.stand_in_for.get(source.key) if source else None
                 if source is not None and nameserver is not None:
                     as_sent = SockAddr(source.family, nameserver.host, nameserver.port,
                                        mapped=source.family == socket.AF_INET6

@@ -197,10 +197,6 @@ class Relay:
 
     # -- scratch memory and private arguments --------------------------------------------
 
-    def ensure_scratch(self, task: Task) -> bool:
-        """True when a slot is free; else map scratch memory and re-run the syscall."""
-        return self.scratch.ensure(task)
-
     def run_with_private(self, task: Task, data: bytes, replace: Callable[[int], dict[int, int]],
                          on_exit: Callable[[pt.SyscallInfo, int], None]) -> None:
         """Run the stopped syscall with some arguments pointing at ``data`` in a scratch slot.
@@ -244,7 +240,7 @@ class Relay:
         or will stop here again (scratch memory mapped first)."""
         dns = self.owner.dns
         assert dns is not None
-        if not self.ensure_scratch(task):
+        if not self.scratch.ensure(task):
             return None
         responder = dns.address_for_nameserver(nameserver.family, nameserver)
         if responder is None:
@@ -324,7 +320,7 @@ class Relay:
         """getsockopt(fd, SOL_SOCKET, option) run in the program in place of its syscall;
         ``learned`` gets the value's ``size`` bytes (None when the kernel refused), and
         the program's syscall then runs again."""
-        if not self.ensure_scratch(task):
+        if not self.scratch.ensure(task):
             return
         slot = self.scratch.acquire(task.tgid)
         try:
@@ -359,7 +355,7 @@ class Relay:
         if in_use:
             call.resume()
             return
-        if not self.ensure_scratch(call.task):
+        if not self.scratch.ensure(call.task):
             return
         send_timeout = self._send_timeout(call.task, fd)
         if send_timeout is None:
@@ -371,7 +367,7 @@ class Relay:
     # -- listener side -----------------------------------------------------------------
 
     def bind(self, task: Task, fd: int, local: SockAddr) -> None:
-        if not self.ensure_scratch(task):
+        if not self.scratch.ensure(task):
             return
         # Only a stream socket is the tunnel's listener: a UDP socket on the same port
         # (DNS servers, iperf3 -u) binds as it asked, and must not take the private port.
@@ -426,7 +422,7 @@ class Relay:
 
     def accept(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
         """The program accepts on a relayed socket: let only the supervisor's connections in."""
-        if not self.ensure_scratch(task):
+        if not self.scratch.ensure(task):
             return
         address_pointer, length_pointer = args[1], args[2]
         data = bytes(ADDRLEN_OFFSET) + struct.pack("=I", ADDRLEN_OFFSET)

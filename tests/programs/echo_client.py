@@ -3,10 +3,17 @@
 import socket
 import sys
 
-with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as conn:
-    conn.sendall(b"hello python\n")
-    conn.shutdown(socket.SHUT_WR)
-    reply = b""
-    while chunk := conn.recv(4096):
-        reply += chunk
-sys.stdout.write(reply.decode())
+
+def exchange(host: str, port: int, line: bytes) -> str:
+    """Send ``line`` to HOST PORT, end the sending side, and return all that comes back."""
+    with socket.create_connection((host, port), timeout=20) as conn:
+        conn.sendall(line)
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(4096):
+            reply += chunk
+    return reply.decode()
+
+
+if __name__ == "__main__":
+    sys.stdout.write(exchange(sys.argv[1], int(sys.argv[2]), b"hello python\n"))
