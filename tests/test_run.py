@@ -392,6 +392,48 @@ def test_recvfrom_stops_only_in_a_process_that_sent_to_a_stand_in(
         assert rest == [before], out
 
 
+LOOKUPS_IN_A_CHILD_AND_A_NEW_IMAGE = """
+import os, sys
+import dns.resolver
+
+def filters():
+    with open("/proc/self/status") as status:
+        return next((line.split()[1] for line in status
+                     if line.startswith("Seccomp_filters:")), "unknown")
+
+def lookup():
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [sys.argv[2]]
+    return resolver.resolve(sys.argv[1], "A")[0].address
+
+print(lookup(), filters(), flush=True)
+if len(sys.argv) == 3:
+    child = os.fork()
+    if child == 0:
+        print(lookup(), filters(), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:], "again"])
+"""
+
+
+def test_a_child_and_a_new_image_keep_the_recvfrom_filter(tunnel: Gateway,
+                                                           tmp_path: Path) -> None:
+    """A forked child and a new program image keep the process's recvfrom filter: their
+    own queries for the tunnel's names resolve without a second copy of it."""
+    pytest.importorskip("dns.resolver", reason="dnspython is not installed (PyPI: dnspython)")
+    name, _ = fake_contact(tunnel)
+    program = tmp_path / "lookups.py"
+    program.write_text(LOOKUPS_IN_A_CHILD_AND_A_NEW_IMAGE)
+    code, out, err = initiator_run(tunnel, sys.executable, str(program), name, "127.83.0.53")
+    assert code == 0, err
+    lines = out.splitlines()
+    if lines and lines[0].endswith("unknown"):
+        pytest.skip("this kernel does not say how many seccomp filters a thread has (5.9+)")
+    assert len(lines) == 3 and len(set(lines)) == 1, out  # parent, child, new image
+    assert lines[0].split()[0] == str(FAKE_NETWORK[1]), out
+
+
 def test_dnspython_resolves_the_tunnels_name(tunnel: Gateway, echo: EchoListener) -> None:
     """dnspython asks the nameserver itself and takes answers only from the address it
     keeps (no resolv.conf read, no getaddrinfo): the tunnel's name resolves and connects."""

@@ -132,12 +132,13 @@ class Redirector:
         self.stand_in_users: set[int] = set()
         self.stand_in_buffers: dict[int, dict[int, tuple[bytes, bytes]]] = {}
         # The filter that stops recvfrom with an address, added to a process when it first
-        # sends to a stand-in (watch_recvfrom); the processes that have it (or gave up),
-        # and the next way to try for those that are getting it.
+        # sends to a stand-in (watch_recvfrom); the processes that have it, those that
+        # could not take it, and the next way to try for those that are getting it.
         self.recvfrom_filter = seccomp.pack(
             seccomp.build([seccomp.Rule("recvfrom", nonzero_arg=4)], tracer.arch))
         assert len(self.recvfrom_filter) <= SLOT_SIZE
         self.recvfrom_watched: set[int] = set()
+        self.recvfrom_unwatchable: set[int] = set()  # not tried again at every sendto
         # tgid -> its threads that have the filter, where the process's others could not
         # take it (one has a filter of its own).
         self.recvfrom_watched_threads: dict[int, set[int]] = {}
@@ -296,11 +297,32 @@ class Redirector:
         except OSError:
             return None
 
-    def forget_process(self, tgid: int) -> None:
+    def on_new_task(self, creator: Task, tid: int, tgid: int) -> None:
+        """A new thread or process starts under its creator's seccomp filters: with the
+        recvfrom filter if its creator had it (not added again at its first sendto to a
+        stand-in)."""
+        if tgid == creator.tgid:  # a thread: its id may have been another thread's
+            threads = self.recvfrom_watched_threads.get(tgid)
+            if threads is not None:
+                threads.discard(tid)
+                if creator.tid in threads:
+                    threads.add(tid)
+        elif creator.tgid in self.recvfrom_watched or \
+                creator.tid in self.recvfrom_watched_threads.get(creator.tgid, ()):
+            self.recvfrom_watched.add(tgid)
+
+    def forget_process(self, tgid: int, exec_: bool = False) -> None:
+        """The process exited, or (``exec_``) its thread ``tgid`` ran a new program, which
+        keeps the process's seccomp filters and nothing else."""
         self.closed_processes.discard(tgid)
         self.stand_in_users.discard(tgid)
         self.stand_in_buffers.pop(tgid, None)
-        self.recvfrom_watched.discard(tgid)  # after an exec the filter stays: added again
+        filtered = tgid in self.recvfrom_watched or \
+            tgid in self.recvfrom_watched_threads.get(tgid, ())
+        self.recvfrom_watched.discard(tgid)
+        if exec_ and filtered:
+            self.recvfrom_watched.add(tgid)
+        self.recvfrom_unwatchable.discard(tgid)
         self.recvfrom_flags.pop(tgid, None)
         self.recvfrom_watched_threads.pop(tgid, None)
         self.scratch.forget(tgid)
@@ -569,12 +591,13 @@ class Redirector:
         threads; its children and later images inherit it), run in place of the
         stopped sendto, which then stops again: False until then."""
         tgid = task.tgid
-        if (tgid in self.recvfrom_watched or self.tracer.stop_every_syscall
+        if (tgid in self.recvfrom_watched or tgid in self.recvfrom_unwatchable
+                or self.tracer.stop_every_syscall
                 or task.tid in self.recvfrom_watched_threads.get(tgid, ())):
             return True
 
         def give_up(reason: str) -> None:
-            self.recvfrom_watched.add(tgid)  # not tried again at every sendto
+            self.recvfrom_unwatchable.add(tgid)
             self.recvfrom_flags.pop(tgid, None)
             log.warning("process %d: its recvfrom calls cannot be watched (%s); a resolver "
                         "in it that checks where answers come from may not resolve the "

@@ -106,7 +106,8 @@ class TracedCall:
 
 class Policy(Protocol):
     def on_syscall(self, task: Task, nr: int, args: tuple[int, ...]) -> None: ...
-    def forget_process(self, tgid: int) -> None: ...
+    def on_new_task(self, creator: Task, tid: int, tgid: int) -> None: ...
+    def forget_process(self, tgid: int, exec_: bool = False) -> None: ...
 
 
 class Tracer:
@@ -275,16 +276,20 @@ class Tracer:
             self._on_seccomp_stop(task)
         elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
             child = pt.event_message(tid)
-            if child not in self.tasks:
-                tgid = child if event != pt.PTRACE_EVENT_CLONE else tgid_of(child)
+            known = self.tasks.get(child)
+            tgid = known.tgid if known is not None else (
+                child if event != pt.PTRACE_EVENT_CLONE else tgid_of(child))
+            if known is None:
                 self.tasks[child] = Task(child, tgid)
+            if self.policy is not None:
+                self.policy.on_new_task(task, child, tgid)
             self.resume(task)
         elif event == pt.PTRACE_EVENT_EXEC:
             # The exec'ing thread now has the thread-group id; every other thread is gone.
             for other in [t for t in self.tasks.values() if t.tgid == task.tgid and t.tid != tid]:
                 self._forget_task(other)
             if self.policy is not None:  # a new memory image: scratch memory is gone
-                self.policy.forget_process(task.tgid)
+                self.policy.forget_process(task.tgid, exec_=True)
             # When another thread exec'd, this Task was the old main thread's, which may
             # have been held for a connection: that thread is gone, end what waited on it.
             for callback in task.on_death:
