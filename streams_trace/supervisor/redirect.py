@@ -301,15 +301,19 @@ class Redirector:
         """A new thread or process starts under its creator's seccomp filters: with the
         recvfrom filter if its creator had it (not added again at its first sendto to a
         stand-in)."""
-        if tgid == creator.tgid:  # a thread: its id may have been another thread's
+        if tgid == creator.tgid:
             threads = self.recvfrom_watched_threads.get(tgid)
-            if threads is not None:
-                threads.discard(tid)
-                if creator.tid in threads:
-                    threads.add(tid)
+            if threads is not None and creator.tid in threads:
+                threads.add(tid)
         elif creator.tgid in self.recvfrom_watched or \
                 creator.tid in self.recvfrom_watched_threads.get(creator.tgid, ()):
             self.recvfrom_watched.add(tgid)
+
+    def forget_thread(self, task: Task) -> None:
+        """The thread exited (its id may come back as another thread's)."""
+        threads = self.recvfrom_watched_threads.get(task.tgid)
+        if threads is not None:
+            threads.discard(task.tid)
 
     def forget_process(self, tgid: int, exec_: bool = False) -> None:
         """The process exited, or (``exec_``) its thread ``tgid`` ran a new program, which

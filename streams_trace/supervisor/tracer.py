@@ -107,6 +107,7 @@ class TracedCall:
 class Policy(Protocol):
     def on_syscall(self, task: Task, nr: int, args: tuple[int, ...]) -> None: ...
     def on_new_task(self, creator: Task, tid: int, tgid: int) -> None: ...
+    def forget_thread(self, task: Task) -> None: ...
     def forget_process(self, tgid: int, exec_: bool = False) -> None: ...
 
 
@@ -447,8 +448,10 @@ class Tracer:
         for callback in task.on_death:
             callback()
         task.on_death.clear()
-        if task.tid == task.tgid and self.policy is not None:
-            self.policy.forget_process(task.tgid)
+        if self.policy is not None:
+            self.policy.forget_thread(task)
+            if task.tid == task.tgid:
+                self.policy.forget_process(task.tgid)
 
 
 def _in_terminal_foreground() -> bool:
