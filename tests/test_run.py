@@ -1075,7 +1075,9 @@ def test_an_executable_script_without_a_shebang_runs_with_sh(tunnel: Gateway,
 
 def test_ignored_job_control_signals_stay_ignored(tunnel: Gateway) -> None:
     """A caller that ignores SIGTTOU (and so SIGTSTP, SIGTTIN) passes that on to the
-    program, as exec does; streams-run used to reset them to their default."""
+    program, as exec does; streams-run used to reset them to their default. SIGPIPE and
+    SIGXFSZ, which the Python in streams-run ignores, are the program's default again
+    (a writer to a closed pipe dies of it, as outside streams-run)."""
     process = streams_run(tunnel.initiator_dir, tunnel.tunnel_id, "grep", "SigIgn",
                           "/proc/self/status",
                           preexec_fn=lambda: signal.signal(signal.SIGTTOU, signal.SIG_IGN))
@@ -1083,6 +1085,7 @@ def test_ignored_job_control_signals_stay_ignored(tunnel: Gateway) -> None:
     assert code == 0, err
     ignored = int(out.split()[1], 16)
     assert ignored & 1 << (signal.SIGTTOU - 1), out
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)), out
 
 
 def test_a_terminal_hang_up_reaches_the_program(tunnel: Gateway) -> None:
