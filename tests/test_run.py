@@ -434,6 +434,49 @@ def test_a_child_and_a_new_image_keep_the_recvfrom_filter(tunnel: Gateway,
     assert lines[0].split()[0] == str(FAKE_NETWORK[1]), out
 
 
+THREAD_WITH_A_FILTER_OF_ITS_OWN_EXECS = """
+import os, sys, threading
+import dns.resolver
+from streams_trace.trace import seccomp
+
+def lookup():
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [sys.argv[2]]
+    resolver.lifetime = 5
+    return resolver.resolve(sys.argv[1], "A")[0].address
+
+if sys.argv[3:] == ["again"]:
+    print("new image", lookup(), flush=True)
+    sys.exit(0)
+ready, go = threading.Event(), threading.Event()
+
+def other():
+    seccomp.install([(seccomp.BPF_RET | seccomp.BPF_K, 0, 0, seccomp.SECCOMP_RET_ALLOW)])
+    ready.set()
+    go.wait()
+    os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:3], "again"])
+
+threading.Thread(target=other).start()
+ready.wait()
+print("main thread", lookup(), flush=True)
+go.set()
+threading.Event().wait()  # until the exec ends this image
+"""
+
+
+def test_a_thread_with_a_filter_of_its_own(tunnel: Gateway, tmp_path: Path) -> None:
+    """One thread has a seccomp filter of its own, so the recvfrom filter cannot go on
+    all threads at once: the thread that resolves takes it alone, and a new image that
+    another thread execs (without it) adds its own; both resolve the tunnel's name."""
+    pytest.importorskip("dns.resolver", reason="dnspython is not installed (PyPI: dnspython)")
+    name, _ = fake_contact(tunnel)
+    program = tmp_path / "lookups.py"
+    program.write_text(THREAD_WITH_A_FILTER_OF_ITS_OWN_EXECS)
+    code, out, err = initiator_run(tunnel, sys.executable, str(program), name, "127.83.0.53")
+    address = FAKE_NETWORK[1]
+    assert (code, out) == (0, f"main thread {address}\nnew image {address}\n"), err
+
+
 def test_dnspython_resolves_the_tunnels_name(tunnel: Gateway, echo: EchoListener) -> None:
     """dnspython asks the nameserver itself and takes answers only from the address it
     keeps (no resolv.conf read, no getaddrinfo): the tunnel's name resolves and connects."""

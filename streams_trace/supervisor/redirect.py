@@ -40,7 +40,7 @@ from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector, Handshake, State
 from ..trace import ptraceapi as pt
 from ..trace import seccomp
 from ..trace import sockaddr as sa_codec
-from ..trace.procfs import fd_inode, thread_exists
+from ..trace.procfs import fd_inode, seccomp_filter_count, thread_exists
 from ..trace.sockaddr import SockAddr
 from .dns import Responder, hosts_file_addresses
 from .loop import Loop, Timer
@@ -297,16 +297,27 @@ class Redirector:
         except OSError:
             return None
 
+    def _has_recvfrom_filter(self, tgid: int, tid: int) -> bool:
+        return tgid in self.recvfrom_watched or \
+            tid in self.recvfrom_watched_threads.get(tgid, ())
+
     def on_new_task(self, creator: Task, tid: int, tgid: int) -> None:
         """A new thread or process starts under its creator's seccomp filters: with the
-        recvfrom filter if its creator had it (not added again at its first sendto to a
-        stand-in)."""
+        recvfrom filter if its creator had it then (not added again at its first sendto
+        to a stand-in)."""
         if tgid == creator.tgid:
             threads = self.recvfrom_watched_threads.get(tgid)
             if threads is not None and creator.tid in threads:
                 threads.add(tid)
-        elif creator.tgid in self.recvfrom_watched or \
-                creator.tid in self.recvfrom_watched_threads.get(creator.tgid, ()):
+            return
+        if tgid in self.recvfrom_watched or not self._has_recvfrom_filter(creator.tgid,
+                                                                          creator.tid):
+            return
+        # Another thread's filter may have gone in (TSYNC: its process only) between this
+        # fork and now. The child has it only if it has every filter its creator has; if
+        # not, or it is gone, it adds its own when it needs one.
+        count = seccomp_filter_count(tid)
+        if count is not None and count == seccomp_filter_count(creator.tid):
             self.recvfrom_watched.add(tgid)
 
     def forget_thread(self, task: Task) -> None:
@@ -315,16 +326,15 @@ class Redirector:
         if threads is not None:
             threads.discard(task.tid)
 
-    def forget_process(self, tgid: int, exec_: bool = False) -> None:
-        """The process exited, or (``exec_``) its thread ``tgid`` ran a new program, which
-        keeps the process's seccomp filters and nothing else."""
+    def forget_process(self, tgid: int, exec_by: int | None = None) -> None:
+        """The process exited, or its thread ``exec_by`` (its id before) ran a new
+        program, which keeps that thread's seccomp filters and nothing else."""
         self.closed_processes.discard(tgid)
         self.stand_in_users.discard(tgid)
         self.stand_in_buffers.pop(tgid, None)
-        filtered = tgid in self.recvfrom_watched or \
-            tgid in self.recvfrom_watched_threads.get(tgid, ())
+        filtered = exec_by is not None and self._has_recvfrom_filter(tgid, exec_by)
         self.recvfrom_watched.discard(tgid)
-        if exec_ and filtered:
+        if filtered:
             self.recvfrom_watched.add(tgid)
         self.recvfrom_unwatchable.discard(tgid)
         self.recvfrom_flags.pop(tgid, None)
@@ -595,9 +605,8 @@ class Redirector:
         threads; its children and later images inherit it), run in place of the
         stopped sendto, which then stops again: False until then."""
         tgid = task.tgid
-        if (tgid in self.recvfrom_watched or tgid in self.recvfrom_unwatchable
-                or self.tracer.stop_every_syscall
-                or task.tid in self.recvfrom_watched_threads.get(tgid, ())):
+        if (self._has_recvfrom_filter(tgid, task.tid) or tgid in self.recvfrom_unwatchable
+                or self.tracer.stop_every_syscall):
             return True
 
         def give_up(reason: str) -> None:

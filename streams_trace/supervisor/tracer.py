@@ -108,7 +108,7 @@ class Policy(Protocol):
     def on_syscall(self, task: Task, nr: int, args: tuple[int, ...]) -> None: ...
     def on_new_task(self, creator: Task, tid: int, tgid: int) -> None: ...
     def forget_thread(self, task: Task) -> None: ...
-    def forget_process(self, tgid: int, exec_: bool = False) -> None: ...
+    def forget_process(self, tgid: int, exec_by: int | None = None) -> None: ...
 
 
 class Tracer:
@@ -278,8 +278,9 @@ class Tracer:
         elif event in (pt.PTRACE_EVENT_FORK, pt.PTRACE_EVENT_VFORK, pt.PTRACE_EVENT_CLONE):
             child = pt.event_message(tid)
             known = self.tasks.get(child)
-            tgid = known.tgid if known is not None else (
-                child if event != pt.PTRACE_EVENT_CLONE else tgid_of(child))
+            # Asked of the kernel whatever the event: a thread made with SIGCHLD as its
+            # exit signal is reported as a fork.
+            tgid = known.tgid if known is not None else tgid_of(child)
             if known is None:
                 self.tasks[child] = Task(child, tgid)
             if self.policy is not None:
@@ -287,10 +288,11 @@ class Tracer:
             self.resume(task)
         elif event == pt.PTRACE_EVENT_EXEC:
             # The exec'ing thread now has the thread-group id; every other thread is gone.
+            former = pt.event_message(tid)  # the exec'ing thread's id before
             for other in [t for t in self.tasks.values() if t.tgid == task.tgid and t.tid != tid]:
-                self._forget_task(other)
+                self._forget_task(other, tell_policy=False)  # forget_process does it all
             if self.policy is not None:  # a new memory image: scratch memory is gone
-                self.policy.forget_process(task.tgid, exec_=True)
+                self.policy.forget_process(task.tgid, exec_by=former)
             # When another thread exec'd, this Task was the old main thread's, which may
             # have been held for a connection: that thread is gone, end what waited on it.
             for callback in task.on_death:
@@ -443,12 +445,12 @@ class Tracer:
             self.main_status = status
             self.loop.running = False
 
-    def _forget_task(self, task: Task) -> None:
+    def _forget_task(self, task: Task, tell_policy: bool = True) -> None:
         self.tasks.pop(task.tid, None)
         for callback in task.on_death:
             callback()
         task.on_death.clear()
-        if self.policy is not None:
+        if self.policy is not None and tell_policy:
             self.policy.forget_thread(task)
             if task.tid == task.tgid:
                 self.policy.forget_process(task.tgid)

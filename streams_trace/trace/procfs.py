@@ -18,6 +18,18 @@ def tgid_of(tid: int) -> int:
     return tid
 
 
+def seccomp_filter_count(tid: int) -> int | None:
+    """How many seccomp filters thread ``tid`` has (Linux 5.9); None when gone or not told."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Seccomp_filters:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def pending_signals(pid: int) -> set[int]:
     """The signals pending for process ``pid`` or its main thread (ShdPnd, SigPnd)."""
     pending: set[int] = set()
