@@ -288,7 +288,10 @@ class Tracer:
             self.resume(task)
         elif event == pt.PTRACE_EVENT_EXEC:
             # The exec'ing thread now has the thread-group id; every other thread is gone.
-            former = pt.event_message(tid)  # the exec'ing thread's id before
+            try:
+                former = pt.event_message(tid)  # the exec'ing thread's id before
+            except OSError:  # killed meanwhile: its exit, next, forgets the rest
+                former = tid
             for other in [t for t in self.tasks.values() if t.tgid == task.tgid and t.tid != tid]:
                 self._forget_task(other, tell_policy=False)  # forget_process does it all
             if self.policy is not None:  # a new memory image: scratch memory is gone
