@@ -149,8 +149,9 @@ def run(
         # Once the program has gone, streams-run's last act is to exit with its status:
         # a signal for the program that comes now must not replace that status.
         signals.close(ignore=FORWARDED_SIGNALS if ended else ())
-    log.debug("supervisor: %d connections put on the tunnel, %d refused",
-              redirector.redirected, redirector.refused)
+    log.debug("supervisor: %d connection%s put on the tunnel, %d refused",
+              redirector.redirected, "" if redirector.redirected == 1 else "s",
+              redirector.refused)
     if tracer.failure is not None:
         return SUPERVISOR_FAILED
     if tracer.main_status is None:
