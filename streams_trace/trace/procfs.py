@@ -6,41 +6,33 @@ import os
 import stat
 
 
-def tgid_of(tid: int) -> int:
-    """The process (thread-group id) of thread ``tid``; ``tid`` itself when it is gone."""
+def _status_fields(tid: int, *names: bytes) -> list[bytes]:
+    """The first word of each line of /proc/TID/status named ``names``; none if gone."""
     try:
         with open(f"/proc/{tid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
+            return [line.split()[1] for line in status if line.startswith(names)]
     except OSError:
-        pass
-    return tid
+        return []
+
+
+def tgid_of(tid: int) -> int:
+    """The process (thread-group id) of thread ``tid``; ``tid`` itself when it is gone."""
+    values = _status_fields(tid, b"Tgid:")
+    return int(values[0]) if values else tid
 
 
 def seccomp_filter_count(tid: int) -> int | None:
     """How many seccomp filters thread ``tid`` has (Linux 5.9); None when gone or not told."""
-    try:
-        with open(f"/proc/{tid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Seccomp_filters:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    values = _status_fields(tid, b"Seccomp_filters:")
+    return int(values[0]) if values else None
 
 
 def pending_signals(pid: int) -> set[int]:
     """The signals pending for process ``pid`` or its main thread (ShdPnd, SigPnd)."""
     pending: set[int] = set()
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith((b"ShdPnd:", b"SigPnd:")):
-                    bits = int(line.split()[1], 16)
-                    pending.update(n + 1 for n in range(64) if bits >> n & 1)
-    except OSError:
-        pass
+    for value in _status_fields(pid, b"ShdPnd:", b"SigPnd:"):
+        bits = int(value, 16)
+        pending.update(n + 1 for n in range(64) if bits >> n & 1)
     return pending
 
 
