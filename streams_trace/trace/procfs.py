@@ -21,6 +21,11 @@ def tgid_of(tid: int) -> int:
     return int(values[0]) if values else tid
 
 
+def is_thread_of(tid: int, tgid: int) -> bool:
+    """Whether thread ``tid`` belongs to process ``tgid`` (a look-up, no file read)."""
+    return os.path.exists(f"/proc/{tgid}/task/{tid}")
+
+
 def seccomp_filter_count(tid: int) -> int | None:
     """How many seccomp filters thread ``tid`` has (Linux 5.9); None when gone or not told."""
     values = _status_fields(tid, b"Seccomp_filters:")
