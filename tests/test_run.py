@@ -346,13 +346,13 @@ def test_a_query_past_the_last_stand_in_fails_and_never_leaves(
     assert "sendto: No buffer space available" in err
 
 
-# Prints the seccomp filters on each of its two threads before and after one lookup with
-# dnspython of the name in argv[1] (from nameserver argv[2]).
-FILTERS_AROUND_A_LOOKUP = """
+# What the programs below that resolve with dnspython share.
+DNSPYTHON = """
 import os, sys, threading
 import dns.resolver
 
 def filters():
+    # The seccomp filter counts of this process's threads ("3", or "3,4" where they differ).
     counts = set()
     for thread in os.listdir("/proc/self/task"):
         with open(f"/proc/self/task/{thread}/status") as status:
@@ -360,14 +360,22 @@ def filters():
                           if line.startswith("Seccomp_filters:"))
     return ",".join(sorted(counts)) or "unknown"
 
+def lookup(name, nameserver):
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [nameserver]
+    resolver.lifetime = 5
+    return resolver.resolve(name, "A")[0].address
+"""
+
+# Prints the seccomp filters on each of its two threads before and after one lookup with
+# dnspython of the name in argv[1] (from nameserver argv[2]).
+FILTERS_AROUND_A_LOOKUP = DNSPYTHON + """
 done = threading.Event()
 waiting = threading.Thread(target=done.wait)
 waiting.start()
 print(filters())
-resolver = dns.resolver.Resolver(configure=False)
-resolver.nameservers = [sys.argv[2]]
 if sys.argv[1] != "-":
-    print(resolver.resolve(sys.argv[1], "A")[0].address)
+    print(lookup(sys.argv[1], sys.argv[2]))
 print(filters())
 done.set()
 """
@@ -392,25 +400,12 @@ def test_recvfrom_stops_only_in_a_process_that_sent_to_a_stand_in(
         assert rest == [before], out
 
 
-LOOKUPS_IN_A_CHILD_AND_A_NEW_IMAGE = """
-import os, sys
-import dns.resolver
-
-def filters():
-    with open("/proc/self/status") as status:
-        return next((line.split()[1] for line in status
-                     if line.startswith("Seccomp_filters:")), "unknown")
-
-def lookup():
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [sys.argv[2]]
-    return resolver.resolve(sys.argv[1], "A")[0].address
-
-print(lookup(), filters(), flush=True)
+LOOKUPS_IN_A_CHILD_AND_A_NEW_IMAGE = DNSPYTHON + """
+print(lookup(*sys.argv[1:3]), filters(), flush=True)
 if len(sys.argv) == 3:
     child = os.fork()
     if child == 0:
-        print(lookup(), filters(), flush=True)
+        print(lookup(*sys.argv[1:3]), filters(), flush=True)
         os._exit(0)
     os.waitpid(child, 0)
     os.execv(sys.executable, [sys.executable, __file__, *sys.argv[1:], "again"])
@@ -434,19 +429,11 @@ def test_a_child_and_a_new_image_keep_the_recvfrom_filter(tunnel: Gateway,
     assert lines[0].split()[0] == str(FAKE_NETWORK[1]), out
 
 
-THREAD_WITH_A_FILTER_OF_ITS_OWN_EXECS = """
-import os, sys, threading
-import dns.resolver
+THREAD_WITH_A_FILTER_OF_ITS_OWN_EXECS = DNSPYTHON + """
 from streams_trace.trace import seccomp
 
-def lookup():
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [sys.argv[2]]
-    resolver.lifetime = 5
-    return resolver.resolve(sys.argv[1], "A")[0].address
-
 if sys.argv[3:] == ["again"]:
-    print("new image", lookup(), flush=True)
+    print("new image", lookup(*sys.argv[1:3]), flush=True)
     sys.exit(0)
 ready, go = threading.Event(), threading.Event()
 
@@ -458,7 +445,7 @@ def other():
 
 threading.Thread(target=other).start()
 ready.wait()
-print("main thread", lookup(), flush=True)
+print("main thread", lookup(*sys.argv[1:3]), flush=True)
 go.set()
 threading.Event().wait()  # until the exec ends this image
 """

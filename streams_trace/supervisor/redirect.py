@@ -75,9 +75,7 @@ MAX_STAND_IN_BUFFERS = 64
 # the program's speculation mitigations left alone. Without TSYNC where one of its threads
 # cannot take it (a filter of its own), without SPEC_ALLOW where the kernel (before 4.17)
 # does not know the flag.
-SECCOMP_FILTER_FLAG_TSYNC = 1
-RECVFROM_FILTER_FLAGS = SECCOMP_FILTER_FLAG_TSYNC | seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW
-SOCK_FPROG = struct.Struct("=H6xQ")  # struct sock_fprog: length, pointer to the program
+RECVFROM_FILTER_FLAGS = seccomp.SECCOMP_FILTER_FLAG_TSYNC | seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW
 
 
 @dataclass
@@ -622,8 +620,8 @@ class Redirector:
         program, header = self.scratch.acquire(tgid), self.scratch.acquire(tgid)
         try:
             pt.write_memory(task.tid, program, self.recvfrom_filter)
-            pt.write_memory(task.tid, header, SOCK_FPROG.pack(len(self.recvfrom_filter) // 8,
-                                                              program))
+            pt.write_memory(task.tid, header,
+                            seccomp.pack_fprog(len(self.recvfrom_filter) // 8, program))
         except OSError:
             self.scratch.release(tgid, program)
             self.scratch.release(tgid, header)
@@ -632,7 +630,7 @@ class Redirector:
         def added(result: int) -> None:
             self.scratch.release(tgid, program)
             self.scratch.release(tgid, header)
-            if result == 0 and flags & SECCOMP_FILTER_FLAG_TSYNC:
+            if result == 0 and flags & seccomp.SECCOMP_FILTER_FLAG_TSYNC:
                 self.recvfrom_watched.add(tgid)
                 self.recvfrom_flags.pop(tgid, None)
                 log.debug("dns: process %d sent to a stand-in: its recvfrom calls that ask "
@@ -642,8 +640,8 @@ class Redirector:
                 log.debug("dns: thread %d of process %d sent to a stand-in: its recvfrom "
                           "calls that ask for the source stop from now on (not all threads "
                           "of the process could take the filter)", task.tid, tgid)
-            elif result > 0 and flags & SECCOMP_FILTER_FLAG_TSYNC:  # that thread cannot
-                self.recvfrom_flags[tgid] = flags & ~SECCOMP_FILTER_FLAG_TSYNC
+            elif result > 0 and flags & seccomp.SECCOMP_FILTER_FLAG_TSYNC:  # that thread cannot
+                self.recvfrom_flags[tgid] = flags & ~seccomp.SECCOMP_FILTER_FLAG_TSYNC
             elif result == -errno.EINVAL and flags & seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW:
                 self.recvfrom_flags[tgid] = flags & ~seccomp.SECCOMP_FILTER_FLAG_SPEC_ALLOW
             else:

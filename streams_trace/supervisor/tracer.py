@@ -279,8 +279,7 @@ class Tracer:
             child = pt.event_message(tid)
             known = self.tasks.get(child)
             # Asked of the kernel whatever the event (a thread made with SIGCHLD as its
-            # exit signal is reported as a fork), by a look-up: reading the child's
-            # status cost a fork 0.1 ms.
+            # exit signal is reported as a fork), by a path look-up, not a status read.
             tgid = known.tgid if known is not None else (
                 task.tgid if is_thread_of(child, task.tgid) else child)
             if known is None:

@@ -271,9 +271,15 @@ def memory_closed(tid: int) -> bool:
     return False
 
 
+def _is_user_address(address: int) -> bool:
+    """Whether ``address`` can be an offset into /proc/TID/mem (pread and pwrite take
+    a signed one)."""
+    return 0 < address < 1 << 63
+
+
 def read_memory_at(memory: int, address: int, size: int) -> bytes:
     """Read ``size`` bytes at ``address`` through an ``open_memory`` descriptor."""
-    if not 0 < address < 1 << 63:
+    if not _is_user_address(address):
         raise OSError(errno.EFAULT, f"bad address {address:#x}")
     try:
         data = os.pread(memory, size, address)
@@ -299,7 +305,7 @@ def write_memory(tid: int, address: int, data: bytes, *, force: bool = False) ->
     if done == len(data):
         return
     error = ctypes.get_errno() if done < 0 else errno.EFAULT
-    if not (force and error == errno.EFAULT and 0 < address < 1 << 63):
+    if not (force and error == errno.EFAULT and _is_user_address(address)):
         raise OSError(error, f"process_vm_writev({tid}): {os.strerror(error)}")
     memory = os.open(f"/proc/{tid}/mem", os.O_WRONLY | os.O_CLOEXEC)
     try:

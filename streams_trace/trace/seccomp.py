@@ -27,6 +27,7 @@ PR_SET_NO_NEW_PRIVS = 38
 # seccomp(2)
 SECCOMP_MODE_FILTER = 2
 SECCOMP_SET_MODE_FILTER = 1  # the seccomp(2) operation (prctl's is SECCOMP_MODE_FILTER)
+SECCOMP_FILTER_FLAG_TSYNC = 1 << 0  # the filter goes on every thread of the process
 SECCOMP_FILTER_FLAG_SPEC_ALLOW = 1 << 2  # Linux 4.17
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_KILL_THREAD = 0x00000000
@@ -154,6 +155,12 @@ def build(rules: Iterable[Rule], arch: archmod.Arch | None = None,
 def pack(program: list[tuple[int, int, int, int]]) -> bytes:
     """The program as the kernel's struct sock_filter array (for tests and dumps)."""
     return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def pack_fprog(instructions: int, address: int) -> bytes:
+    """struct sock_fprog for a packed program of ``instructions`` at ``address`` (in
+    another process: a filter installed there by an injected seccomp call)."""
+    return bytes(SockFprog(instructions, ctypes.cast(address, ctypes.POINTER(SockFilter))))
 
 
 def install(program: Program, flags: int = 0) -> int | None:
