@@ -7,10 +7,12 @@ the gateway. IPv6 literals are written in brackets, ``[::1]:8888``.
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
 import socket
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 # RFC 1123 host names, plus the underscore some sites use in internal names.
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?)+$")
@@ -86,9 +88,36 @@ def globus_name(tunnel_id: str) -> str:
     return GLOBUS_NAME_PREFIX + tunnel_id
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out to bind(port 0) and to outgoing connections."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (for demos, tests and benchmarks)."""
+    """A TCP port nobody uses right now (for demos, tests and benchmarks).
+
+    Taken outside the kernel's ephemeral range where there is room: a port from inside
+    it stays free only until some bind to port 0 or outgoing connection happens to get
+    it, such as a gateway's own access point (seen in CI, where every connection of a
+    test module then went nowhere).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    ephemeral = _ephemeral_ports()
+    outside = [span for span in (range(10000, ephemeral.start), range(ephemeral.stop, 65536))
+               if len(span) > 0]
+    for _ in range(64 if outside else 0):
+        span = random.choice(outside)
+        port = random.randrange(span.start, span.stop)
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])

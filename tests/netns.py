@@ -89,9 +89,29 @@ def three_hosts() -> Iterator[Network]:
         net.run(net.dtn, ["sysctl", "-qw", "net.ipv4.ip_forward=0"], check=True)
         yield net
     finally:
-        for name in names:
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                subprocess.run(["kill", "-9", pid], capture_output=True)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        _delete(names)
+
+
+@contextmanager
+def one_host() -> Iterator[str]:
+    """A namespace of its own with only loopback up, for sysctls no other test should see."""
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    name = f"st-host-{secrets.token_hex(3)}"
+    try:
+        _ip("netns", "add", name)
+        _ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        _delete([name])
+
+
+def _delete(names: Sequence[str]) -> None:
+    """Kill what still runs in the namespaces, then remove them."""
+    for name in names:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams_trace import conf
-from streams_trace.contact import Contact, ContactError, parse_contact
+from streams_trace.contact import Contact, ContactError, free_port, parse_contact
 from streams_trace.errors import ConfError
 
 TUNNEL = "0e8a675b-6b84-4220-89e4-a6a7a0d823fb"
@@ -220,6 +221,20 @@ def test_contact_strings(text: str, parsed: Contact) -> None:
 def test_bad_contact_strings(text: str) -> None:
     with pytest.raises(ContactError):
         parse_contact(text)
+
+
+def test_free_ports_come_from_outside_the_range_the_kernel_hands_out() -> None:
+    """So no bind to port 0 or outgoing connection takes one before its user binds it."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if low <= 10000 and high >= 65535:
+        pytest.skip(f"the ephemeral range {low}-{high} leaves no room outside it")
+    for host in ("127.0.0.1", "::1"):
+        for _ in range(50):
+            port = free_port(host)
+            assert not low <= port <= high
+            with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
+                                      else socket.AF_INET):
+                pass
 
 
 hosts = st.from_regex(r"[a-z]([a-z0-9-]{0,18}[a-z0-9])?(\.[a-z][a-z0-9]{0,10}){0,3}",

@@ -32,6 +32,7 @@ from .conftest import (
     start_gateway,
     streams_trace_command,
 )
+from .netns import one_host
 
 PEERS = str(Path(__file__).with_name("peers.py"))
 _spawned: list[subprocess.Popen[str]] = []
@@ -506,10 +507,37 @@ def test_a_port_it_cannot_take_leaves_no_conf_behind(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.conf"))  # no LAN secret for a tunnel that never ran
 
 
+def test_its_own_ports_are_never_the_listener_contacts(tmp_path: Path) -> None:
+    """Until its program starts, the listener contact's port is free, and the kernel could
+    give it to one of the gateway's own access points, which would then deliver every
+    connection to itself (seen in CI). Here the kernel has two ports to hand out and the
+    listener contact is on the one bind() tries first (Linux tries odd ports first)."""
+    with one_host() as host:
+        subprocess.run(["ip", "netns", "exec", host, "sysctl", "-qw",
+                        "net.ipv4.ip_local_port_range=40000 40001"], check=True)
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", host, *streams_trace_command(
+                "gateway", "--listener-contact-string", "127.0.0.1:40001",
+                "--initiator-config-dir", str(tmp_path / "initiator"),
+                "--listener-config-dir", str(tmp_path / "listener"), "--port", "45000")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        running = Gateway(process, "", tmp_path / "initiator", tmp_path / "listener", 40001)
+        try:
+            assert process.stdout is not None
+            running.tunnel_id = process.stdout.readline().strip()
+            assert running.tunnel_id, running.stop()
+            state = read_state(running.initiator_dir / f"gateway-{running.tunnel_id}.toml")
+            assert state["link"] == "127.0.0.1:40000", state
+        finally:
+            running.stop()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--listener-contact-string", "nonsense"], "is not HOST:PORT"),
+        (["--listener-contact-string", "127.0.0.1:9", "--port", "9"],
+         "--port 127.0.0.1:9 is the listener contact string"),
         (["--initiator-config-dir", "/tmp/x"], "--listener-contact-string HOST:PORT is required"),
         (["--listener-contact-string", "127.0.0.1:9", "--tunnel-id", "x"], "is not a tunnel ID"),
         (["--listener-contact-string", "127.0.0.1:9", "--lifetime", "999999999999"],

@@ -62,6 +62,16 @@ class GatewayOptions:
                 "--role initiator needs --link HOST:PORT (the listener access "
                 "point) and --tunnel-id"
             )
+        if self.listener_contact is not None:
+            own = [("--link", self.link)]
+            if self.role == "both" and self.port:
+                own.append(("--port", Contact(self.host, self.port)))
+            for option, contact in own:
+                if contact is not None and contact.address == self.listener_contact.address:
+                    raise UsageError(
+                        f"{option} {contact} is the listener contact string: the access "
+                        "point would listen where it should deliver; give another port"
+                    )
         if self.role != "both" and self.link_secret_file is None:
             raise UsageError(
                 f"--role {self.role} needs --link-secret-file FILE (the same file on both hosts)"
@@ -111,13 +121,27 @@ def _raise_descriptor_limit() -> None:
                                 hard))
 
 
-def _bind_preferring(host: str, wanted: int, previous: int | None) -> socket.socket:
-    """Listen on ``wanted``; with 0, try the previous run's port first, then any."""
+def _bind_preferring(host: str, wanted: int, previous: int | None,
+                     avoid: int | None = None) -> socket.socket:
+    """Listen on ``wanted``; with 0, try the previous run's port first, then any but
+    ``avoid``: the listener contact's port, free until its program starts, which the
+    kernel could otherwise hand to an access point that would then talk to itself."""
     try:
-        if wanted == 0 and previous:
+        if wanted != 0:
+            return listening_socket(host, wanted)
+        if previous and previous != avoid:
             with contextlib.suppress(OSError):
                 return listening_socket(host, previous)
-        return listening_socket(host, wanted)
+        refused: list[socket.socket] = []  # held open so the kernel picks another port
+        try:
+            while True:
+                server = listening_socket(host, 0)
+                if server.getsockname()[1] != avoid:
+                    return server
+                refused.append(server)
+        finally:
+            for server in refused:
+                server.close()
     except OSError as exc:
         hint = " (already in use)" if exc.errno == errno.EADDRINUSE else ""
         raise NetworkError(
@@ -164,19 +188,22 @@ async def run(
         }
 
         # Every port first: a start that fails on one leaves no conf behind.
+        listener_port = options.listener_contact.port if options.listener_contact else None
         link = options.link
         link_server: socket.socket | None = None
         if options.role in ("both", "listener"):
             link_host = link.host if link else "127.0.0.1"
             link_server = _bind_preferring(
-                link_host, link.port if link else 0, _previous_port(previous, "link")
+                link_host, link.port if link else 0, _previous_port(previous, "link"),
+                avoid=listener_port,
             )
             gateway.servers.append(link_server)
             link = Contact(link_host, link_server.getsockname()[1])
         server = None
         if options.role in ("both", "initiator"):
             server = _bind_preferring(
-                options.host, options.port, _previous_port(previous, "initiator_contact_string")
+                options.host, options.port, _previous_port(previous, "initiator_contact_string"),
+                avoid=listener_port,
             )
             gateway.servers.append(server)
         assert link is not None
