@@ -88,6 +88,9 @@ def globus_name(tunnel_id: str) -> str:
     return GLOBUS_NAME_PREFIX + tunnel_id
 
 
+_handed_out: set[int] = set()  # by free_port, in this process
+
+
 def _ephemeral_ports() -> range:
     """The ports the kernel hands out to bind(port 0) and to outgoing connections."""
     try:
@@ -103,7 +106,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     Taken outside the kernel's ephemeral range where there is room: a port from inside
     it stays free only until some bind to port 0 or outgoing connection happens to get
     it, such as a gateway's own access point (seen in CI, where every connection of a
-    test module then went nowhere).
+    test module then went nowhere). Never the same port twice in one process: one handed
+    out earlier may be free only because its user has not bound it yet.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     ephemeral = _ephemeral_ports()
@@ -112,12 +116,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     for _ in range(64 if outside else 0):
         span = random.choice(outside)
         port = random.randrange(span.start, span.stop)
+        if port in _handed_out:
+            continue
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             try:
                 probe.bind((host, port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])

@@ -224,17 +224,21 @@ def test_bad_contact_strings(text: str) -> None:
 
 
 def test_free_ports_come_from_outside_the_range_the_kernel_hands_out() -> None:
-    """So no bind to port 0 or outgoing connection takes one before its user binds it."""
+    """So no bind to port 0 or outgoing connection takes one before its user binds it; and
+    never one handed out before, which may be free only until its user binds it."""
     low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     if low <= 10000 and high >= 65535:
         pytest.skip(f"the ephemeral range {low}-{high} leaves no room outside it")
+    ports = []
     for host in ("127.0.0.1", "::1"):
         for _ in range(50):
             port = free_port(host)
+            ports.append(port)
             assert not low <= port <= high
             with socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
                                       else socket.AF_INET):
                 pass
+    assert len(set(ports)) == len(ports)
 
 
 hosts = st.from_regex(r"[a-z]([a-z0-9-]{0,18}[a-z0-9])?(\.[a-z][a-z0-9]{0,10}){0,3}",
