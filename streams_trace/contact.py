@@ -45,6 +45,29 @@ class Contact:
             return False
         return True
 
+    def overlaps(self, other: Contact) -> bool:
+        """Whether a socket listening on one of the two would take connections meant for
+        the other: the same port, and the same address or a wildcard one. (A name other
+        than localhost counts as itself: telling more would take a lookup.)"""
+        if self.port != other.port:
+            return False
+        mine, theirs = _addresses(self.host), _addresses(other.host)
+        return bool(ANY_ADDRESS in mine or ANY_ADDRESS in theirs or mine & theirs)
+
+
+ANY_ADDRESS = "*"
+
+
+def _addresses(host: str) -> frozenset[str]:
+    """The canonical addresses ``host`` stands for (ANY_ADDRESS for a wildcard)."""
+    if host == "localhost":
+        return frozenset({"127.0.0.1", "::1"})
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return frozenset({host})
+    return frozenset({ANY_ADDRESS if address.is_unspecified else str(address)})
+
 
 def parse_port(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
@@ -89,6 +112,7 @@ def globus_name(tunnel_id: str) -> str:
 
 
 _handed_out: set[int] = set()  # by free_port, in this process
+_chance = random.Random()  # its own: tests may seed the shared generator
 
 
 def _ephemeral_ports() -> range:
@@ -107,24 +131,32 @@ def free_port(host: str = "127.0.0.1") -> int:
     it stays free only until some bind to port 0 or outgoing connection happens to get
     it, such as a gateway's own access point (seen in CI, where every connection of a
     test module then went nowhere). Never the same port twice in one process: one handed
-    out earlier may be free only because its user has not bound it yet.
+    out earlier may be free only because its user has not bound it yet. Where the range
+    leaves no room (or none of 64 tries is free), the kernel picks one from the range.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     ephemeral = _ephemeral_ports()
-    outside = [span for span in (range(10000, ephemeral.start), range(ephemeral.stop, 65536))
-               if len(span) > 0]
-    for _ in range(64 if outside else 0):
-        span = random.choice(outside)
-        port = random.randrange(span.start, span.stop)
-        if port in _handed_out:
-            continue
+    below, above = range(10000, max(10000, ephemeral.start)), range(ephemeral.stop, 65536)
+    room = len(below) + len(above)
+    for _ in range(64 if room else 0):
+        draw = _chance.randrange(room)  # every port outside the range equally likely
+        port = below[draw] if draw < len(below) else above[draw - len(below)]
+        if port not in _handed_out and _bindable(family, host, port):
+            _handed_out.add(port)
+            return port
+    while True:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+def _bindable(family: int, host: str, port: int) -> bool:
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +80,15 @@ class Gateway:
 
 
 def start_gateway(tmp_path: Path, *extra: str, listener_port: int | None = None,
-                  env: dict[str, str] | None = None) -> Gateway:
+                  env: dict[str, str] | None = None, wrapper: Sequence[str] = ()) -> Gateway:
+    """``wrapper``: a command that runs the gateway's (such as ip netns exec NAME)."""
     listener_port = listener_port or free_port()
     initiator_dir, listener_dir = tmp_path / "initiator", tmp_path / "listener"
     process = subprocess.Popen(
-        streams_trace_command(
+        [*wrapper, *streams_trace_command(
             "gateway", "--listener-contact-string", f"127.0.0.1:{listener_port}",
             "--initiator-config-dir", str(initiator_dir),
-            "--listener-config-dir", str(listener_dir), *extra),
+            "--listener-config-dir", str(listener_dir), *extra)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         env={**os.environ, **(env or {})},
     )

@@ -507,29 +507,40 @@ def test_a_port_it_cannot_take_leaves_no_conf_behind(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.conf"))  # no LAN secret for a tunnel that never ran
 
 
-def test_its_own_ports_are_never_the_listener_contacts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("listener_port", [40000, 40001])
+def test_its_own_ports_are_never_the_listener_contacts(tmp_path: Path,
+                                                        listener_port: int) -> None:
     """Until its program starts, the listener contact's port is free, and the kernel could
     give it to one of the gateway's own access points, which would then deliver every
-    connection to itself (seen in CI). Here the kernel has two ports to hand out and the
-    listener contact is on the one bind() tries first (Linux tries odd ports first)."""
+    connection to itself (seen in CI). Here the kernel has two ports to hand out, the
+    listener contact is on one of them (each in turn: the kernel tries one parity first)
+    and the link, whose port the gateway picks, must get the other."""
     with one_host() as host:
         subprocess.run(["ip", "netns", "exec", host, "sysctl", "-qw",
                         "net.ipv4.ip_local_port_range=40000 40001"], check=True)
-        process = subprocess.Popen(
+        running = start_gateway(tmp_path, "--port", "45000", listener_port=listener_port,
+                                wrapper=["ip", "netns", "exec", host])
+        try:
+            state = read_state(running.initiator_dir / f"gateway-{running.tunnel_id}.toml")
+            assert state["link"] == f"127.0.0.1:{80001 - listener_port}", state
+        finally:
+            running.stop()
+
+
+def test_says_so_when_the_only_free_port_is_the_listener_contacts(tmp_path: Path) -> None:
+    with one_host() as host:
+        subprocess.run(["ip", "netns", "exec", host, "sysctl", "-qw",
+                        "net.ipv4.ip_local_port_range=40000 40001"], check=True)
+        result = subprocess.run(
             ["ip", "netns", "exec", host, *streams_trace_command(
                 "gateway", "--listener-contact-string", "127.0.0.1:40001",
                 "--initiator-config-dir", str(tmp_path / "initiator"),
-                "--listener-config-dir", str(tmp_path / "listener"), "--port", "45000")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-        running = Gateway(process, "", tmp_path / "initiator", tmp_path / "listener", 40001)
-        try:
-            assert process.stdout is not None
-            running.tunnel_id = process.stdout.readline().strip()
-            assert running.tunnel_id, running.stop()
-            state = read_state(running.initiator_dir / f"gateway-{running.tunnel_id}.toml")
-            assert state["link"] == "127.0.0.1:40000", state
-        finally:
-            running.stop()
+                "--listener-config-dir", str(tmp_path / "listener"))],
+            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 6, result.stderr
+    assert result.stderr == ("streams-trace: error: cannot listen on 127.0.0.1: the only free "
+                             "port is the listener contact string's, 40001\n")
+    assert not list(tmp_path.rglob("*.conf"))
 
 
 @pytest.mark.parametrize(
@@ -537,7 +548,11 @@ def test_its_own_ports_are_never_the_listener_contacts(tmp_path: Path) -> None:
     [
         (["--listener-contact-string", "nonsense"], "is not HOST:PORT"),
         (["--listener-contact-string", "127.0.0.1:9", "--port", "9"],
-         "--port 127.0.0.1:9 is the listener contact string"),
+         "--port 127.0.0.1:9 takes the listener contact string 127.0.0.1:9"),
+        (["--listener-contact-string", "127.0.0.1:9", "--host", "0.0.0.0", "--port", "9"],
+         "--port 0.0.0.0:9 takes the listener contact string"),
+        (["--listener-contact-string", "localhost:9", "--role", "listener", "--link",
+          "[::1]:9", "--link-secret-file", "/tmp/x"], "--link [::1]:9 takes the listener"),
         (["--initiator-config-dir", "/tmp/x"], "--listener-contact-string HOST:PORT is required"),
         (["--listener-contact-string", "127.0.0.1:9", "--tunnel-id", "x"], "is not a tunnel ID"),
         (["--listener-contact-string", "127.0.0.1:9", "--lifetime", "999999999999"],

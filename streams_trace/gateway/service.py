@@ -62,15 +62,16 @@ class GatewayOptions:
                 "--role initiator needs --link HOST:PORT (the listener access "
                 "point) and --tunnel-id"
             )
-        if self.listener_contact is not None:
+        if self.listener_contact is not None and self.role in ("both", "listener"):
             own = [("--link", self.link)]
             if self.role == "both" and self.port:
                 own.append(("--port", Contact(self.host, self.port)))
             for option, contact in own:
-                if contact is not None and contact.address == self.listener_contact.address:
+                if contact is not None and contact.overlaps(self.listener_contact):
                     raise UsageError(
-                        f"{option} {contact} is the listener contact string: the access "
-                        "point would listen where it should deliver; give another port"
+                        f"{option} {contact} takes the listener contact string "
+                        f"{self.listener_contact}: the gateway would listen where it "
+                        "should deliver; give another port"
                     )
         if self.role != "both" and self.link_secret_file is None:
             raise UsageError(
@@ -135,7 +136,13 @@ def _bind_preferring(host: str, wanted: int, previous: int | None,
         refused: list[socket.socket] = []  # held open so the kernel picks another port
         try:
             while True:
-                server = listening_socket(host, 0)
+                try:
+                    server = listening_socket(host, 0)
+                except OSError:
+                    if refused:
+                        raise NetworkError(f"cannot listen on {host}: the only free port is "
+                                           f"the listener contact string's, {avoid}") from None
+                    raise
                 if server.getsockname()[1] != avoid:
                     return server
                 refused.append(server)
