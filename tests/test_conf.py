@@ -223,6 +223,23 @@ def test_bad_contact_strings(text: str) -> None:
         parse_contact(text)
 
 
+@pytest.mark.parametrize(("one", "other", "overlap"), [
+    ("127.0.0.1:9", "127.0.0.1:9", True),
+    ("0.0.0.0:9", "10.0.0.5:9", True),  # a wildcard listener takes every address's
+    ("[::]:9", "127.0.0.1:9", True),
+    ("localhost:9", "[::1]:9", True),
+    ("[0::1]:9", "[::1]:9", True),
+    ("127.0.0.2:9", "127.0.0.1:9", False),
+    ("10.0.0.5:9", "10.0.0.6:9", False),
+    ("127.0.0.1:9", "127.0.0.1:10", False),
+    ("facility.example.org:9", "127.0.0.1:9", False),  # telling would take a lookup
+])
+def test_contacts_overlap_where_one_listener_would_take_the_others(one: str, other: str,
+                                                                   overlap: bool) -> None:
+    assert parse_contact(one).overlaps(parse_contact(other)) is overlap
+    assert parse_contact(other).overlaps(parse_contact(one)) is overlap
+
+
 def test_free_ports_come_from_outside_the_range_the_kernel_hands_out() -> None:
     """So no bind to port 0 or outgoing connection takes one before its user binds it; and
     never one handed out before, which may be free only until its user binds it."""
