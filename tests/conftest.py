@@ -81,7 +81,7 @@ class Gateway:
 
 def start_gateway(tmp_path: Path, *extra: str, listener_port: int | None = None,
                   env: dict[str, str] | None = None, wrapper: Sequence[str] = ()) -> Gateway:
-    """``wrapper``: a command that runs the gateway's (such as ip netns exec NAME)."""
+    """``wrapper``: a command to run the gateway under (such as ip netns exec NAME)."""
     listener_port = listener_port or free_port()
     initiator_dir, listener_dir = tmp_path / "initiator", tmp_path / "listener"
     process = subprocess.Popen(
