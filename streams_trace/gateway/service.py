@@ -133,27 +133,32 @@ def _bind_preferring(host: str, wanted: int, previous: int | None,
         if previous and previous != avoid:
             with contextlib.suppress(OSError):
                 return listening_socket(host, previous)
-        refused: list[socket.socket] = []  # held open so the kernel picks another port
-        try:
-            while True:
-                try:
-                    server = listening_socket(host, 0)
-                except OSError:
-                    if refused:
-                        raise NetworkError(f"cannot listen on {host}: the only free port is "
-                                           f"the listener contact string's, {avoid}") from None
-                    raise
-                if server.getsockname()[1] != avoid:
-                    return server
-                refused.append(server)
-        finally:
-            for server in refused:
-                server.close()
+        return _any_port_but(host, avoid)
     except OSError as exc:
         hint = " (already in use)" if exc.errno == errno.EADDRINUSE else ""
         raise NetworkError(
             f"cannot listen on {Contact(host, wanted)}{hint}: {exc.strerror}"
         ) from None
+
+
+def _any_port_but(host: str, avoid: int | None) -> socket.socket:
+    """Listen on a port the kernel picks, other than ``avoid``."""
+    refused: list[socket.socket] = []  # held open so the kernel picks another port
+    try:
+        while True:
+            try:
+                server = listening_socket(host, 0)
+            except OSError:
+                if refused:
+                    raise NetworkError(f"cannot listen on {host}: the only free port is "
+                                       f"the listener contact string's, {avoid}") from None
+                raise
+            if server.getsockname()[1] != avoid:
+                return server
+            refused.append(server)
+    finally:
+        for server in refused:
+            server.close()
 
 
 async def run(

@@ -330,10 +330,10 @@ class Redirector:
         self.closed_processes.discard(tgid)
         self.stand_in_users.discard(tgid)
         self.stand_in_buffers.pop(tgid, None)
-        filtered = exec_by is not None and self._has_recvfrom_filter(tgid, exec_by)
-        self.recvfrom_watched.discard(tgid)
-        if filtered:
+        if exec_by is not None and self._has_recvfrom_filter(tgid, exec_by):
             self.recvfrom_watched.add(tgid)
+        else:
+            self.recvfrom_watched.discard(tgid)
         self.recvfrom_unwatchable.discard(tgid)
         self.recvfrom_flags.pop(tgid, None)
         self.recvfrom_watched_threads.pop(tgid, None)
