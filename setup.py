@@ -1,12 +1,18 @@
-"""Build glue: compile the native splice helper at install time.
+"""Build glue: compile the native helpers at install time.
 
 Everything about the package lives in pyproject.toml; this file only adds the
 ``build_native`` step to ``build``, the way dumb-init ships its C program in a
-wheel. It compiles ``native/streams-splice.c`` with the system C compiler ($CC,
-else ``cc``) into ``streams_trace/relay/streams-splice``: inside the build tree
-for ``pip install .``, in the source tree for ``pip install -e .``. Without a
-working compiler the install still succeeds and streams_trace uses its
-pure-Python pump; set STREAMS_TRACE_NO_NATIVE=1 to skip the helper on purpose.
+wheel. It compiles, with the system C compiler ($CC, else ``cc``), inside the
+build tree for ``pip install .`` and in the source tree for ``pip install -e .``:
+
+- ``native/streams-splice.c`` into ``streams_trace/relay/streams-splice``, the
+  relay's data pump;
+- ``native/fastconnect.c`` into ``streams_trace/supervisor/libfastconnect.so``,
+  streams-run's native connect path (needs OpenSSL's libcrypto and its headers).
+
+Each is optional: where one does not build, the install still succeeds and
+streams_trace uses its pure-Python counterpart. Set STREAMS_TRACE_NO_NATIVE=1
+to skip both on purpose.
 """
 
 from __future__ import annotations
@@ -16,19 +22,37 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from setuptools import Command, Distribution, setup
 from setuptools.command.build import build
 
 HERE = Path(__file__).resolve().parent
-SOURCE = Path("native") / "streams-splice.c"
-TARGET = Path("streams_trace") / "relay" / "streams-splice"  # native.py looks here
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
 
 
+class Helper(NamedTuple):
+    what: str  # for messages
+    source: Path
+    target: Path  # where the package looks for it
+    flags: list[str]  # before the source
+    libraries: list[str]  # after it
+    fallback: str  # what is used without it
+
+
+HELPERS = [
+    Helper("native splice helper", Path("native") / "streams-splice.c",
+           Path("streams_trace") / "relay" / "streams-splice", [], [],
+           "the pure-Python splice pump will carry the data"),
+    Helper("native connect path", Path("native") / "fastconnect.c",
+           Path("streams_trace") / "supervisor" / "libfastconnect.so",
+           ["-shared", "-fPIC", "-pthread"], ["-lcrypto"],
+           "streams-run will redirect connects in Python"),
+]
+
+
 class build_native(Command):
-    description = "compile the native splice helper (optional: skipped without a compiler)"
+    description = "compile the native helpers (optional: skipped without a compiler)"
     user_options: ClassVar[list[tuple[str, str | None, str]]] = []
 
     def initialize_options(self) -> None:
@@ -41,44 +65,48 @@ class build_native(Command):
 
     def run(self) -> None:
         if os.environ.get("STREAMS_TRACE_NO_NATIVE", "") not in ("", "0"):
-            self._warn("STREAMS_TRACE_NO_NATIVE is set: not building the native helper")
+            for helper in HELPERS:
+                self._warn(helper, "STREAMS_TRACE_NO_NATIVE is set")
             return
         assert self.build_lib is not None
         root = HERE if self.editable_mode else Path(self.build_lib)
-        target = root / TARGET
+        for helper in HELPERS:
+            self._build(helper, root / helper.target)
+
+    def _build(self, helper: Helper, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         compiler = shlex.split(os.environ.get("CC", "cc"))
         command = [
             *compiler,
             *CFLAGS,
             *shlex.split(os.environ.get("CFLAGS", "")),
+            *helper.flags,
             "-o",
             str(target),
-            str(HERE / SOURCE),
+            str(HERE / helper.source),
             *shlex.split(os.environ.get("LDFLAGS", "")),
+            *helper.libraries,
         ]
         try:
             result = subprocess.run(command, capture_output=True, text=True, check=False)
         except OSError as exc:
-            self._warn(f"no C compiler ({compiler[0]}: {exc.strerror})")
+            self._warn(helper, f"no C compiler ({compiler[0]}: {exc.strerror})")
             return
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
             self._warn(
+                helper,
                 f"`{shlex.join(command)}` failed with status {result.returncode}"
-                + (f": {detail[-1]}" if detail else "")
+                + (f": {detail[-1]}" if detail else ""),
             )
             target.unlink(missing_ok=True)
             return
-        self._built = [str(target)]
-        print(f"built the native splice helper: {target}", file=sys.stderr)
+        self._built.append(str(target))
+        print(f"built the {helper.what}: {target}", file=sys.stderr)
 
-    def _warn(self, reason: str) -> None:
-        print(
-            f"streams-trace: native splice helper not built: {reason}; "
-            "the pure-Python splice pump will carry the data",
-            file=sys.stderr,
-        )
+    def _warn(self, helper: Helper, reason: str) -> None:
+        print(f"streams-trace: {helper.what} not built: {reason}; {helper.fallback}",
+              file=sys.stderr)
 
     def get_outputs(self) -> list[str]:
         return list(self._built)

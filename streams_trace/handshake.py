@@ -100,6 +100,13 @@ _FAILURE_TEXT = {
 }
 
 
+def describe_failure(failure: Failure, peer_failure: Failure | None = None) -> str:
+    """Why a handshake failed, in words (with the peer's reason for a REJECT it sent)."""
+    if failure is Failure.REJECTED and peer_failure is not None:
+        return f"{failure.text} (its reason: {peer_failure.name.lower()})"
+    return failure.text
+
+
 def encode(kind: Message, body: bytes = b"") -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, len(body)) + body
 
@@ -200,11 +207,7 @@ class Handshake:
 
     @property
     def failure_text(self) -> str:
-        if self.failure is None:
-            return ""
-        if self.failure is Failure.REJECTED and self.peer_failure is not None:
-            return f"{self.failure.text} (its reason: {self.peer_failure.name.lower()})"
-        return self.failure.text
+        return "" if self.failure is None else describe_failure(self.failure, self.peer_failure)
 
     # -- framing ---------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from streams_trace import conf as confmod
 from streams_trace.contact import parse_contact
 from streams_trace.handshake import Connector
 from streams_trace.lan import HandshakeError, handshake_blocking
-from streams_trace.supervisor import dns
+from streams_trace.supervisor import dns, fastconnect
 from streams_trace.supervisor.redirect import FAKE_NETWORK
 
 from .conftest import EchoListener, Gateway, free_port, ptrace_problem, streams_trace_command
@@ -135,15 +135,22 @@ pytestmark = pytest.mark.skipif(_PTRACE_PROBLEM is not None, reason=_PTRACE_PROB
 # -- fixtures ----------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, params=["direct", "direct-ptrace", "relay"])
+@pytest.fixture(autouse=True, params=["direct", "direct-python", "direct-ptrace", "relay"])
 def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test runs in both data paths (streams-run reads $STREAMS_TRACE_DATA_PATH), the
-    direct one twice: connects held by seccomp user notification (the default), and
-    stopped under ptrace (STREAMS_TRACE_SECCOMP=trace, what older kernels get)."""
+    direct one three times: connects held by seccomp user notification and redirected by
+    the native connect path (the default; required wherever it was built), the same
+    redirected in Python (STREAMS_TRACE_CONNECTS=python, what an install without a
+    compiler gets), and connects stopped under ptrace (STREAMS_TRACE_SECCOMP=trace, what
+    older kernels get)."""
     path, _, how = str(request.param).partition("-")
     monkeypatch.setenv("STREAMS_TRACE_DATA_PATH", path)
     if how == "ptrace":
         monkeypatch.setenv("STREAMS_TRACE_SECCOMP", "trace")
+    elif how == "python":
+        monkeypatch.setenv(fastconnect.CONNECTS_ENV, "python")
+    elif fastconnect.LIBRARY_PATH.exists():
+        monkeypatch.setenv(fastconnect.CONNECTS_ENV, "native")
     return path
 
 
@@ -826,7 +833,11 @@ def test_debug_says_how_connects_are_held(tunnel: Gateway, echo: EchoListener,
     killable_waits = release is not None and (int(release[1]), int(release[2])) >= (5, 19)
     if (data_path == "direct" and os.environ.get("STREAMS_TRACE_SECCOMP") != "trace"
             and killable_waits):
-        assert "(seccomp filter, connects by user notification)" in err
+        if os.environ.get(fastconnect.CONNECTS_ENV) == "native":
+            assert "(seccomp filter, connects by user notification, redirected in native " \
+                   "code)" in err
+        else:
+            assert "(seccomp filter, connects by user notification)" in err
     else:
         assert "(seccomp filter, connects stop under ptrace" in err
 

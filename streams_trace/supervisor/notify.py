@@ -20,7 +20,9 @@ a restart after the handler, which makes the connect again.
 
 A traced thread that dies stays a zombie until this supervisor reaps it, on
 this same loop, so a notification's thread id cannot name another thread while
-its callback runs.
+its callback runs. (With the native connect path, ``fastconnect``, the listener
+is read by its thread, and what it passes on waited in a queue meanwhile: the
+loop first checks that the call is still held, and then the same holds.)
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import usernotify
 from ..trace.procfs import TCP_CLOSE, tgid_of
+from .fastconnect import Done, FastConnect
 from .loop import Loop
 from .tracer import Task, Tracer
 
 
 class NotifiedPolicy(Protocol):
     def on_notified(self, call: NotifiedCall, nr: int, args: tuple[int, ...]) -> None: ...
+    def on_native_connect(self, done: Done) -> None: ...
     def take_socket(self, task: Task, fd: int) -> socket.socket: ...
 
 
@@ -72,19 +76,30 @@ class Notifier:
     """Reads the listener on the supervisor's loop and hands each held call to the policy."""
 
     def __init__(self, loop: Loop, listener: int, tracer: Tracer,
-                 policy: NotifiedPolicy) -> None:
+                 policy: NotifiedPolicy, native: FastConnect | None = None) -> None:
         self.loop = loop
         self.listener = listener
         self.tracer = tracer
         self.policy = policy
+        self.native = native
         self.connect_number = tracer.arch.number("connect")
+        self._deciding: NotifiedCall | None = None  # the call the policy is looking at now
+        if native is not None:
+            # Its thread reads the listener and answers most connects; the flag is the
+            # listener's, so toggling it from here (``answer``) would race with that.
+            self.sync_wake_up = False
+            loop.watch(native, selectors.EVENT_READ, self._on_native_readable)
+            return
         # Where the kernel has it (6.6); fine without. See loop.py and ``answer``.
         self.sync_wake_up = usernotify.set_sync_wake_up(listener)
-        self._deciding: NotifiedCall | None = None  # the call the policy is looking at now
         loop.watch(listener, selectors.EVENT_READ, self._on_readable)
 
     def close(self) -> None:
-        self.loop.unwatch(self.listener)
+        if self.native is not None:
+            self.loop.unwatch(self.native)
+            self.native.close()  # first: its thread reads the listener
+        else:
+            self.loop.unwatch(self.listener)
         os.close(self.listener)
 
     def _on_readable(self) -> None:
@@ -94,6 +109,17 @@ class Notifier:
             if exc.errno in (errno.ENOENT, errno.EINTR):  # its thread left the syscall
                 return
             raise
+        self._decide(notification)
+
+    def _on_native_readable(self) -> None:
+        assert self.native is not None
+        for message in self.native.read():
+            if isinstance(message, Done):
+                self.policy.on_native_connect(message)
+            elif usernotify.still_held(self.listener, message.id):  # else: a signal or death
+                self._decide(message)
+
+    def _decide(self, notification: usernotify.Notification) -> None:
         task = self.tracer.tasks.get(notification.pid)
         tgid = task.tgid if task is not None else tgid_of(notification.pid)
         call = NotifiedCall(self, notification.id, notification.pid, tgid)

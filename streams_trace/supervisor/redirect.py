@@ -36,12 +36,22 @@ from typing import TYPE_CHECKING
 
 from ..conf import TunnelConf
 from ..contact import Contact, globus_name
-from ..handshake import DEFAULT_TIMEOUT, Acceptor, Connector, Handshake, State
+from ..handshake import (
+    DEFAULT_TIMEOUT,
+    Acceptor,
+    Connector,
+    Failure,
+    Handshake,
+    State,
+    describe_failure,
+    tunnel_id_bytes,
+)
 from ..trace import ptraceapi as pt
 from ..trace import seccomp
 from ..trace import sockaddr as sa_codec
 from ..trace.procfs import fd_inode, seccomp_filter_count, thread_exists
 from ..trace.sockaddr import SockAddr
+from . import fastconnect
 from .dns import Responder, hosts_file_addresses
 from .loop import Loop, Timer
 from .scratch import SLOT_SIZE, Scratch
@@ -171,6 +181,7 @@ class Redirector:
         self.relay: Relay | None = None
         # Set when the program's connects come by user notification (see notify.py).
         self.notifier: Notifier | None = None
+        self.native_targets: list[tuple[str, int]] = []  # as given to the native path
         if settings.data_path == "relay":
             from ..relay import best_pump
             from .relay_mode import Relay
@@ -433,6 +444,58 @@ class Redirector:
         return fd_inode(task.tid, fd)
 
     # -- initiator side ----------------------------------------------------------------
+
+    def start_native_connects(self, listener: int) -> fastconnect.FastConnect | None:
+        """The native connect path on ``listener`` (see fastconnect.py), or None where it
+        cannot run and $STREAMS_TRACE_CONNECTS does not insist (the -d log says why)."""
+        wanted = fastconnect.choice()  # checked before the program started
+        if wanted == "python":
+            return None
+        try:
+            if self.access_point is None or not self.access_point.is_ip:
+                raise fastconnect.Unavailable("the access point has no address")
+            self.native_targets = list(self.targets)
+            secret = self.tunnel.secret
+            setup = fastconnect.pack_setup(
+                self.settings.timeout, tunnel_id_bytes(self.tunnel.tunnel_id), secret,
+                SockAddr(0, self.access_point.host, self.access_point.port),
+                self.native_targets)
+            return fastconnect.FastConnect(listener, setup)
+        except fastconnect.Unavailable as exc:
+            (log.warning if wanted == "native" else log.debug)(
+                "connects are redirected in Python: no native connect path (%s)", exc)
+            return None
+
+    def on_native_connect(self, done: fastconnect.Done) -> None:
+        """A connect the native path carried out: count it, and its -d line."""
+        if done.result == 0:
+            self.redirected += 1
+        else:
+            self.refused += 1
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        host, port = self.native_targets[done.target]
+        outcome = {
+            fastconnect.Outcome.AUTHENTICATED: "authenticated",
+            fastconnect.Outcome.CONNECTED_NO_SECRET: "connected (no LAN secret)",
+            fastconnect.Outcome.TIMED_OUT: "timed out",
+        }.get(done.outcome)
+        if outcome is None:
+            if done.outcome is fastconnect.Outcome.UNREACHABLE:
+                outcome = f"access point unreachable: {os.strerror(done.detail)}"
+            elif done.outcome is fastconnect.Outcome.IO_FAILED:
+                outcome = f"handshake failed: {os.strerror(done.detail)}"
+            else:
+                peer = done.peer if done.peer in Failure._value2member_map_ else None
+                outcome = "handshake failed: " + describe_failure(
+                    Failure(done.detail), None if peer is None else Failure(peer))
+        if not done.answered:
+            outcome += " (the thread had gone)"
+        task = self.tracer.tasks.get(done.tid)
+        log_connect(done.fd, task.tgid if task is not None else done.tid,
+                    self.targets[(host, port)], f"[{host}]:{port}" if ":" in host
+                    else f"{host}:{port}", self.access_point, outcome, done.elapsed,
+                    done.result)
 
     def prepare_connector(self) -> None:
         """Make the next connect's handshake (nonce and all) while no program waits."""
@@ -1048,13 +1111,18 @@ class ConnectRedirect(Operation):
         else:
             self.owner.refused += 1
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "connect fd %d of process %d to %s (%s) -> initiator access point %s: %s in %s%s",
-                self.fd, self.call.tgid, self.name, self.target, self.access_point, outcome,
-                self.elapsed_ms(),
-                "" if result == 0
-                else f", the program gets {errno.errorcode.get(-result, result)}",
-            )
+            log_connect(self.fd, self.call.tgid, self.name, str(self.target), self.access_point,
+                        outcome, time.monotonic() - self.started, result)
+
+
+def log_connect(fd: int, tgid: int, name: str, target: str, access_point: Contact | None,
+                outcome: str, elapsed: float, result: int) -> None:
+    """The -d line of one redirected connect (either path)."""
+    log.debug(
+        "connect fd %d of process %d to %s (%s) -> initiator access point %s: %s in %.2f ms%s",
+        fd, tgid, name, target, access_point, outcome, elapsed * 1000,
+        "" if result == 0 else f", the program gets {errno.errorcode.get(-result, result)}",
+    )
 
 
 class DnsStreamConnect(Operation):

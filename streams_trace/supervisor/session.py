@@ -15,7 +15,7 @@ from ..trace import arch as archmod
 from ..trace import ptraceapi as pt
 from ..trace import seccomp
 from ..trace.signalfd import SignalFd
-from . import SUPERVISOR_FAILED, launch
+from . import SUPERVISOR_FAILED, fastconnect, launch
 from .loop import Loop
 from .notify import Notifier
 from .redirect import REFUSED_SYSCALLS, Redirector, Settings
@@ -72,6 +72,10 @@ def run(
         raise SupervisorError(
             f"streams-run supports x86_64 programs only, not {archmod.native().name}"
         )
+    try:
+        fastconnect.check_choice()
+    except fastconnect.Unavailable as exc:
+        raise SupervisorError(f"no native connect path: {exc}") from None
     seccomp_mode = os.environ.get(SECCOMP_ENV, "on").lower()
     if use_seccomp is None:
         use_seccomp = seccomp_mode not in ("off", "0", "no")
@@ -107,9 +111,11 @@ def run(
         signals.close()
         raise
     if child.listener is not None:
-        redirector.notifier = Notifier(loop, child.listener, tracer, redirector)
+        native = redirector.start_native_connects(child.listener)
+        redirector.notifier = Notifier(loop, child.listener, tracer, redirector, native)
         tracer.on_signal_stop = redirector.notifier.on_signal_stop
-        how = "seccomp filter, connects by user notification"
+        how = "seccomp filter, connects by user notification" + (
+            ", redirected in native code" if native is not None else "")
     elif child.filter_installed:
         how = "seccomp filter, connects stop under ptrace" + (
             f" (no user notification: {child.notify_reason})" if child.notify_reason else "")

@@ -40,6 +40,7 @@ def _ioc(direction: int, number: int, size: int) -> int:
 _IOC_WRITE, _IOC_READ = 1, 2
 SECCOMP_IOCTL_NOTIF_RECV = _ioc(_IOC_READ | _IOC_WRITE, 0, _NOTIF.size)
 SECCOMP_IOCTL_NOTIF_SEND = _ioc(_IOC_READ | _IOC_WRITE, 1, _RESP.size)
+SECCOMP_IOCTL_NOTIF_ID_VALID = _ioc(_IOC_WRITE, 2, 8)
 SECCOMP_IOCTL_NOTIF_SET_FLAGS = _ioc(_IOC_WRITE, 4, 8)
 
 
@@ -72,8 +73,23 @@ def receive(listener: int) -> Notification:
     it only when the listener polls readable, or it blocks."""
     buffer = bytearray(_NOTIF.size)  # the kernel insists on a zeroed struct
     fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, buffer, True)
-    notif_id, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buffer)
+    return decode(buffer)
+
+
+def decode(data: bytes | bytearray) -> Notification:
+    """A struct seccomp_notif as the kernel fills it in."""
+    notif_id, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(data)
     return Notification(notif_id, pid, nr, arch, tuple(args))
+
+
+def still_held(listener: int, notif_id: int) -> bool:
+    """True while the thread still waits for this notification's answer (so its thread
+    id still names it)."""
+    try:
+        fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, struct.pack("=Q", notif_id))
+    except OSError:
+        return False
+    return True
 
 
 def respond(listener: int, notif_id: int, result: int) -> None:
