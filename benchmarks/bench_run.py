@@ -141,7 +141,8 @@ def start_gateway(workdir: Path) -> tuple[subprocess.Popen[str], str, Path, Path
 
 
 def run_worker(traced: bool, tunnel_id: str, initiator: Path, what: str, amount: int,
-               script: Path, seccomp_mode: str = "on", pause: float = 0.0) -> list[list[float]]:
+               script: Path, settings: dict[str, str] | None = None,
+               pause: float = 0.0) -> list[list[float]]:
     tunnel = conf.load(tunnel_id, initiator)
     host, port = f"globus.{tunnel_id}", str(tunnel.fake_port)
     mode = "by-name" if traced else "api"
@@ -149,7 +150,7 @@ def run_worker(traced: bool, tunnel_id: str, initiator: Path, what: str, amount:
                str(amount), str(pause)]
     if traced:
         command = [*STREAMS_RUN, "--config-dir", str(initiator), tunnel_id, *command]
-    env = {**os.environ, "STREAMS_TRACE_REPO": str(REPO), "STREAMS_TRACE_SECCOMP": seccomp_mode}
+    env = {**os.environ, "STREAMS_TRACE_REPO": str(REPO), **(settings or {})}
     out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
     return [[float(value) for value in line.split()] for line in out.splitlines()]
 
@@ -269,9 +270,14 @@ def main() -> None:
 
         # Short rounds alternate baseline and streams-run, so load that comes and goes on
         # a shared machine falls on all alike; medians are over every connection of every
-        # round. "trace" is streams-run with its connects stopped under ptrace rather than
-        # held by seccomp user notification: what the notification saves, for comparison.
-        modes = {"api": (False, "on"), "run": (True, "on"), "trace": (True, "trace")}
+        # round. For comparison, "python" is streams-run redirecting connects in Python
+        # (an install without the native connect path), and "trace" is streams-run with its
+        # connects stopped under ptrace rather than held by seccomp user notification.
+        modes: dict[str, tuple[bool, dict[str, str]]] = {
+            "api": (False, {}), "run": (True, {}),
+            "python": (True, {"STREAMS_TRACE_CONNECTS": "python"}),
+            "trace": (True, {"STREAMS_TRACE_SECCOMP": "trace"}),
+        }
         rates: dict[str, list[float]] = {mode: [] for mode in modes}
         opened: dict[str, list[float]] = {mode: [] for mode in modes}
         echoed: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -279,23 +285,25 @@ def main() -> None:
         # a pause after each connection, so every connect meets a quiet machine.
         spaced: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(options.runs * 4):
-            for mode, (traced, seccomp_mode) in modes.items():
+            for mode, (traced, settings) in modes.items():
                 rate, opens, echoes = run_worker(traced, tunnel_id, initiator, "conns",
-                                                 options.connections, script, seccomp_mode)
+                                                 options.connections, script, settings)
                 rates[mode].append(rate[0])
                 opened[mode] += opens
                 echoed[mode] += echoes
                 spaced[mode] += run_worker(traced, tunnel_id, initiator, "conns",
-                                           options.connections, script, seccomp_mode,
+                                           options.connections, script, settings,
                                            pause=PAUSE)[1]
         api_rate, run_rate = statistics.median(rates["api"]), statistics.median(rates["run"])
         rows.append(("connections per second through the tunnel", f"{api_rate:.0f}",
                      f"{run_rate:.0f}", f"{run_rate / api_rate:.2f}", ">= 0.5"))
         for times, mode, label, target in (
             (opened, "run", "median time to an authenticated connection (us)", "<= +50 us"),
+            (opened, "python", "  the same, connects redirected in Python", "-"),
             (opened, "trace", "  the same, connects stopped under ptrace", "-"),
             (spaced, "run", f"the same, one connection every {PAUSE * 1000:.0f} ms (us)",
              "<= +50 us"),
+            (spaced, "python", "  the same, connects redirected in Python", "-"),
             (spaced, "trace", "  the same, connects stopped under ptrace", "-"),
             (echoed, "run", "median time to the first byte echoed back (us)", "-"),
         ):

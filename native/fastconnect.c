@@ -403,6 +403,19 @@ static int find_target(const uint8_t *raw, size_t size) {
     return -1;
 }
 
+/* An IPv4 or IPv6 address, whole, on a port other than 53. */
+static int other_ip_address(const uint8_t *raw, size_t size) {
+    uint16_t family, port;
+    if (size < sizeof family)
+        return 0;
+    memcpy(&family, raw, sizeof family);
+    if (!((family == AF_INET && size >= sizeof(struct sockaddr_in)) ||
+          (family == AF_INET6 && size >= sizeof(struct sockaddr_in6))))
+        return 0;
+    memcpy(&port, raw + sizeof family, sizeof port); /* sin_port and sin6_port sit here */
+    return ntohs(port) != 53;
+}
+
 static int still_held(uint64_t id) {
     return ioctl(fc.listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
 }
@@ -511,8 +524,17 @@ static void notified(void) {
     if (size == 0 || process_vm_readv((pid_t)req.pid, &local, 1, &remote, 1, 0) != (ssize_t)size)
         goto to_python;
     int target = find_target(raw, size);
-    if (target < 0)
-        goto to_python;
+    if (target < 0) {
+        /* An IP address neither of the tunnel nor a nameserver's (port 53: Python
+           answers for the tunnel's names) runs as the program made it, as in
+           Redirector.on_connect. */
+        if (!other_ip_address(raw, size))
+            goto to_python;
+        struct seccomp_notif_resp response = {
+            .id = req.id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+        ioctl(fc.listener, SECCOMP_IOCTL_NOTIF_SEND, &response); /* ENOENT: it has gone */
+        return;
+    }
     uint16_t address_family;
     memcpy(&address_family, raw, sizeof address_family);
     int fd = (int)req.data.args[0];
