@@ -141,6 +141,7 @@ static struct {
     int listener, control, epoll;
     pthread_t thread;
     int running;
+    int stopping; /* Python waits for the thread: never block on a full control pair */
     struct conn *conns;
 } fc;
 
@@ -198,7 +199,8 @@ static void finish(struct conn *c, int result, enum outcome outcome, int detail,
     unlink_conn(c);
     OPENSSL_cleanse(c->nonce, sizeof c->nonce);
     free(c);
-    while (send(fc.control, &done, sizeof done, MSG_NOSIGNAL) < 0 && errno == EINTR) {
+    int flags = MSG_NOSIGNAL | (fc.stopping ? MSG_DONTWAIT : 0);
+    while (send(fc.control, &done, sizeof done, flags) < 0 && errno == EINTR) {
     }
 }
 
@@ -596,7 +598,7 @@ static void *run(void *unused) {
                 else
                     notified();
             } else if (what == &fc.control) {
-                stop = 1; /* Python closed its end (or sent something: it never does) */
+                stop = 1; /* Python shut its end down (it sends nothing else) */
             }
         }
         for (int i = 0; i < n; i++) { /* connections: handled after, as finish frees them */
@@ -623,6 +625,7 @@ static void *run(void *unused) {
         if (stop)
             break;
     }
+    fc.stopping = 1;
     while (fc.conns) /* the supervisor is ending: nothing will carry these any more */
         finish(fc.conns, -ECONNREFUSED, HANDSHAKE_FAILED, PEER_CLOSED, 0);
     return NULL;
@@ -644,6 +647,7 @@ int fastconnect_start(int listener, int control, const void *setup, size_t size)
     fc.listener = listener;
     fc.control = control;
     fc.conns = NULL;
+    fc.stopping = 0;
     fc.epoll = epoll_create1(EPOLL_CLOEXEC);
     if (fc.epoll < 0)
         return errno;

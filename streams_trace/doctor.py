@@ -24,6 +24,7 @@ def system_report() -> dict[str, Any]:
     from .errors import UsageError
     from .relay import pump_choice
     from .relay.native import helper_path
+    from .supervisor import fastconnect
 
     pidfd = probes.pidfd_getfd()
     path, why = probes.choose_data_path("auto")
@@ -32,6 +33,7 @@ def system_report() -> dict[str, Any]:
     except UsageError as exc:
         pump, pump_why = "none", str(exc)
     helper = helper_path()
+    native_connects = fastconnect.LIBRARY_PATH.exists()
     return {
         "kernel": {"release": probes.kernel_release(), "machine": platform.machine()},
         "features": {
@@ -44,6 +46,8 @@ def system_report() -> dict[str, Any]:
         "data_path": {"auto": path, "why": why},
         "native_helper": {"built": helper is not None, "path": str(helper) if helper else None},
         "pump": {"runs": pump, "why": pump_why},
+        "native_connects": {"built": native_connects,
+                            "path": str(fastconnect.LIBRARY_PATH) if native_connects else None},
     }
 
 
@@ -139,6 +143,10 @@ def format_text(report: dict[str, Any]) -> str:
     lines.append(f"{'native helper':<18}" + (f"built: {helper['path']}" if helper["built"]
                                              else "not built (the Python pump runs)"))
     lines.append(f"{'relay pump':<18}{report['pump']['runs']} ({report['pump']['why']})")
+    connects = report["native_connects"]
+    lines.append(f"{'native connects':<18}" + (
+        f"built: {connects['path']}" if connects["built"]
+        else "not built (streams-run redirects connects in Python)"))
     tunnel = report.get("tunnel")
     if tunnel is not None:
         lines.append(f"tunnel {tunnel['id']}")

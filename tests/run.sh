@@ -2,13 +2,14 @@
 # Install everything the test suite needs on a fresh Debian/Ubuntu machine, then run it.
 #   bash tests/run.sh [PYTEST ARGS...]
 # As root it installs the Debian packages the tests drive (static busybox, musl, Go, Java,
-# iperf3, curl, iproute2, a C compiler); otherwise it uses what is there and the tests
-# that need a missing piece skip with a reason.
+# iperf3, curl, iproute2, a C compiler, OpenSSL's headers for the native connect path);
+# otherwise it uses what is there and the tests that need a missing piece skip with a
+# reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(gcc libc6-dev busybox-static musl-tools golang-go default-jdk-headless iperf3 curl
-                 iproute2 socat groff-base)
+DEBIAN_PACKAGES=(gcc libc6-dev libssl-dev busybox-static musl-tools golang-go
+                 default-jdk-headless iperf3 curl iproute2 socat groff-base)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()

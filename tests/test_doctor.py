@@ -40,9 +40,11 @@ def test_json_report_matches_the_probes_and_the_data_path_choice() -> None:
 
 def test_pump_follows_the_environment_and_the_build() -> None:
     from streams_trace.relay.native import helper_path
+    from streams_trace.supervisor import fastconnect
 
     report = json.loads(doctor("--json").stdout)
     assert report["native_helper"]["built"] == (helper_path() is not None)
+    assert report["native_connects"]["built"] == fastconnect.LIBRARY_PATH.exists()
     assert report["pump"]["runs"] == ("native-splice" if helper_path() else "python-splice")
     forced = json.loads(doctor("--json", env={"STREAMS_TRACE_PUMP": "python"}).stdout)
     assert forced["pump"]["runs"] == "python-splice" and "STREAMS_TRACE_PUMP" in \

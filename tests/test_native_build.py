@@ -52,16 +52,19 @@ PROBE = """
 import json, streams_trace
 from streams_trace.relay import best_pump
 from streams_trace.relay.native import helper_path
+from streams_trace.supervisor.fastconnect import LIBRARY_PATH
 pump = best_pump()
 print(json.dumps({"package": streams_trace.__file__, "helper": str(helper_path() or ""),
-                  "pump": pump.name}))
+                  "pump": pump.name,
+                  "connects": str(LIBRARY_PATH) if LIBRARY_PATH.exists() else ""}))
 pump.close()
 """
 
 
 def copy_checkout(target: Path) -> Path:
     target.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "streams-splice", "*.egg-info", "build")
+    ignore = shutil.ignore_patterns("__pycache__", "streams-splice", "*.so", "*.egg-info",
+                                    "build")
     for name in COPIED:
         source = REPO / name
         if source.is_dir():
@@ -160,6 +163,9 @@ def test_pip_install_builds_the_helper_into_the_package(tmp_path: Path) -> None:
     assert Path(found["package"]).is_relative_to(site)
     assert Path(found["helper"]).is_relative_to(site) and os.access(found["helper"], os.X_OK)
     assert found["pump"] == "native-splice"
+    if Path("/usr/include/openssl/hmac.h").exists():  # Debian: libssl-dev (tests/run.sh)
+        assert "built the native connect path" in result.stdout + result.stderr
+        assert Path(found["connects"]).is_relative_to(site)
 
 
 def test_pip_install_with_a_failing_compiler_still_succeeds(tmp_path: Path) -> None:
@@ -167,9 +173,10 @@ def test_pip_install_with_a_failing_compiler_still_succeeds(tmp_path: Path) -> N
     python = make_venv(tmp_path / "venv")
     result = pip_install(python, source, {**os.environ, "CC": "/bin/false"}, editable=False)
     assert "native splice helper not built" in result.stdout + result.stderr
+    assert "native connect path not built" in result.stdout + result.stderr
     found = probe(python, tmp_path)
     assert Path(found["package"]).is_relative_to(tmp_path / "venv" / "lib")
-    assert found == {**found, "helper": "", "pump": "python-splice"}
+    assert found == {**found, "helper": "", "pump": "python-splice", "connects": ""}
 
 
 def test_editable_install_without_any_compiler_passes_the_suite_on_the_python_pump(

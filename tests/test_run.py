@@ -28,6 +28,7 @@ import sys
 import termios
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -951,6 +952,70 @@ def test_wrong_initiator_secret_gives_econnrefused(tunnel: Gateway, tmp_path: Pa
                                         str(PROGRAMS / "descriptor_errors.py"), "retry", name,
                                         port), 30)
     assert (code, out) == (0, "connect, again: ECONNREFUSED ECONNREFUSED\n"), err
+
+
+# What a misbehaving access point sends after HELLO, the -d line's reason, and what the
+# program's side must send back before closing (b"": nothing).
+HANDSHAKE_FAULTS = {
+    "reject": (bytes.fromhex("47534c480105000107"),
+               "peer refused the handshake (its reason: bad_proof)", b""),
+    "bad magic": (b"HTTP/1.1 400 Bad Request\r\n", "peer does not speak the LAN handshake",
+                  bytes.fromhex("47534c480105000101")),
+    "oversized": (bytes.fromhex("47534c4801020041"), "peer sent an oversized message",
+                  bytes.fromhex("47534c480105000105")),
+    "out of order": (bytes.fromhex("47534c4801040000"), "peer sent a message out of order",
+                     bytes.fromhex("47534c480105000103")),
+    "wrong proof": (bytes.fromhex("47534c4801020040") + bytes(64),
+                    "peer's proof does not match the LAN secret",
+                    bytes.fromhex("47534c480105000107")),
+    "closed": (b"", "peer closed the connection during the handshake", b""),
+}
+
+
+@pytest.mark.parametrize("fault", HANDSHAKE_FAULTS)
+def test_a_misbehaving_access_point_gives_econnrefused(tunnel: Gateway, tmp_path: Path,
+                                                       c_client: Path, fault: str) -> None:
+    """Each way a handshake can go wrong ends in ECONNREFUSED with its reason, after the
+    REJECT the protocol asks for; whichever code path ran the handshake."""
+    reply, reason, reject = HANDSHAKE_FAULTS[fault]
+    seen: dict[str, bytes] = {}
+    with socket.socket() as access_point:
+        access_point.bind(("127.0.0.1", 0))
+        access_point.listen()
+        access_point.settimeout(30)
+
+        def serve() -> None:
+            conn, _ = access_point.accept()
+            with conn:
+                conn.settimeout(30)
+                hello = b""
+                while len(hello) < 56:
+                    hello += conn.recv(56 - len(hello)) or b"!" * 56
+                seen["hello"] = hello
+                if reply:
+                    conn.sendall(reply)
+                else:
+                    conn.shutdown(socket.SHUT_WR)
+                answer = b""
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(64):
+                        answer += chunk
+                seen["answer"] = answer
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        odd = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "odd",
+                        connector_contact_string=f"127.0.0.1:{access_point.getsockname()[1]}")
+        name, port = fake_contact(tunnel)
+        code, out, err = finish(streams_run(odd, tunnel.tunnel_id, str(c_client), name, port,
+                                            options=("-d",)), 30)
+        server.join(30)
+    assert code == 1 and out == "connect: Connection refused\nok 0\n", err
+    assert f"handshake failed: {reason}" in err, err
+    tunnel_id = uuid.UUID(tunnel.tunnel_id).bytes
+    assert seen["hello"][:8] == bytes.fromhex("47534c4801010030") and \
+        seen["hello"][8:24] == tunnel_id
+    assert seen["answer"] == reject
 
 
 def test_other_destinations_are_left_alone(tunnel: Gateway, c_client: Path) -> None:

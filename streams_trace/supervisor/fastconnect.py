@@ -169,8 +169,12 @@ class FastConnect:
                 messages.append(Done(tid, fd, result, target, Outcome(outcome), detail, peer,
                                      elapsed_ns / 1e9, bool(answered)))
 
-    def close(self) -> None:
-        """Stop the thread: it answers what it still holds (ECONNREFUSED) and ends."""
-        self.control.close()
+    def close(self) -> list[usernotify.Notification | Done]:
+        """Stop the thread (it answers what it still holds, ECONNREFUSED, and ends); what
+        it sent and was not read yet, such as the records of the last connects."""
+        self.control.shutdown(socket.SHUT_WR)  # its end reads end of file
         self._library.fastconnect_stop()
         self._theirs.close()
+        left = self.read()
+        self.control.close()
+        return left

@@ -97,7 +97,11 @@ class Notifier:
     def close(self) -> None:
         if self.native is not None:
             self.loop.unwatch(self.native)
-            self.native.close()  # first: its thread reads the listener
+            # First, as its thread reads the listener; the program has gone, so only the
+            # records of its last connects matter (their -d lines and counts).
+            for message in self.native.close():
+                if isinstance(message, Done):
+                    self.policy.on_native_connect(message)
         else:
             self.loop.unwatch(self.listener)
         os.close(self.listener)
