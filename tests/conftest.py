@@ -52,6 +52,8 @@ def streams_trace_command(*args: str) -> list[str]:
 # Why a test of the native pump skips: one reason, which the compiler-less install test
 # (test_native_build.py) accepts.
 NATIVE_MISSING = "the native helper is not built (no C compiler when streams-trace was installed)"
+NATIVE_CONNECTS_MISSING = ("the native connect path is not built, so the default variant "
+                           "already redirects connects in Python")
 
 @dataclass
 class Gateway:

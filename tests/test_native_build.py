@@ -24,7 +24,7 @@ import pytest
 
 from streams_trace import conf
 
-from .conftest import NATIVE_MISSING, REPO, free_port, ptrace_problem
+from .conftest import NATIVE_CONNECTS_MISSING, NATIVE_MISSING, REPO, free_port, ptrace_problem
 
 COPIED = ["setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "native",
           "streams_trace", "tests", "man"]
@@ -37,9 +37,10 @@ COMPILER_NAME = re.compile(
     r"gcc|g\+\+|c\+\+|clang|tcc|cc$|^c89|^c99|(^|-)cpp(-[\d.]+)?$|^go$|^gofmt$")
 COMPILERS = ["cc", "gcc", "c99", "clang", "tcc", "musl-gcc", "x86_64-linux-gnu-gcc", "go"]
 
-# The only reasons a test may skip in the compiler-less install: the native helper is
+# The only reasons a test may skip in the compiler-less install: a native helper is
 # missing, or a test program cannot be built (tests/test_run.py, build_c and build_go).
-NO_COMPILER_REASONS = {NATIVE_MISSING, "gcc is not installed (Debian: gcc)",
+NO_COMPILER_REASONS = {NATIVE_MISSING, NATIVE_CONNECTS_MISSING,
+                       "gcc is not installed (Debian: gcc)",
                        "musl-gcc is not installed (Debian: musl-tools)",
                        "go is not installed (Debian: golang-go)", "gcc is not installed",
                        "ziglang is not installed (PyPI: ziglang)",
@@ -194,7 +195,7 @@ def test_editable_install_without_any_compiler_passes_the_suite_on_the_python_pu
     assert not (source / "streams_trace" / "relay" / "streams-splice").exists()
     found = probe(python, tmp_path)
     assert found == {"package": str(source / "streams_trace" / "__init__.py"), "helper": "",
-                     "pump": "python-splice"}
+                     "pump": "python-splice", "connects": ""}
 
     # The gateway says which pump runs and why (-d); one relayed connection through it
     # under streams-run --data-path relay, both sides, says the same.

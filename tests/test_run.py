@@ -41,7 +41,14 @@ from streams_trace.lan import HandshakeError, handshake_blocking
 from streams_trace.supervisor import dns, fastconnect
 from streams_trace.supervisor.redirect import FAKE_NETWORK
 
-from .conftest import EchoListener, Gateway, free_port, ptrace_problem, streams_trace_command
+from .conftest import (
+    NATIVE_CONNECTS_MISSING,
+    EchoListener,
+    Gateway,
+    free_port,
+    ptrace_problem,
+    streams_trace_command,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = REPO / "tests" / "programs"
@@ -149,6 +156,8 @@ def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     if how == "ptrace":
         monkeypatch.setenv("STREAMS_TRACE_SECCOMP", "trace")
     elif how == "python":
+        if not fastconnect.LIBRARY_PATH.exists():
+            pytest.skip(NATIVE_CONNECTS_MISSING)
         monkeypatch.setenv(fastconnect.CONNECTS_ENV, "python")
     elif fastconnect.LIBRARY_PATH.exists():
         monkeypatch.setenv(fastconnect.CONNECTS_ENV, "native")
