@@ -1,5 +1,5 @@
 /*
- * fastconnect: the native initiator path of streams-run.
+ * fastconnect: streams-run's native connect path.
  *
  * Loaded with ctypes into the supervisor (streams_trace/supervisor/fastconnect.py),
  * it runs one thread of its own that reads the seccomp user-notification listener
@@ -32,6 +32,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,12 @@
 
 #ifndef PIDFD_THREAD
 #define PIDFD_THREAD O_EXCL /* Linux 6.9 */
+#endif
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS /* Linux 6.6 */
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
 #endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -78,6 +86,7 @@ struct setup {
     struct target targets[MAX_TARGETS];
 } __attribute__((packed));
 #define SETUP_VERSION 1
+#define WIRE_VERSION 2 /* bumped with any change to the setup, the records or the outcomes */
 
 /* Here -> Python. */
 #define OP_FORWARD 1 /* followed by the struct seccomp_notif, for Python to answer */
@@ -90,6 +99,7 @@ enum outcome {
     HANDSHAKE_FAILED = 3, /* detail: handshake.Failure, peer: the reason of a REJECT */
     IO_FAILED = 4,        /* detail: errno, during the handshake */
     TIMED_OUT = 5,
+    ABANDONED = 6, /* streams-run was stopping */
 };
 
 struct done_msg {
@@ -141,7 +151,8 @@ static struct {
     int listener, control, epoll;
     pthread_t thread;
     int running;
-    int stopping; /* Python waits for the thread: never block on a full control pair */
+    int stopping;    /* Python is waiting for the thread: records may be dropped, not wait */
+    int sync_wake_up; /* the kernel has SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6) */
     struct conn *conns;
 } fc;
 
@@ -161,13 +172,28 @@ static void forward(const struct seccomp_notif *req) {
     }
 }
 
+static void set_sync_wake_up(int on) {
+    if (fc.sync_wake_up)
+        ioctl(fc.listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+              (uint64_t)(on ? SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP : 0));
+}
+
+/* Answer a connect after its handshake. The same-CPU hand-off suits a notification
+   (its thread has just gone to sleep here) and an answer given at once, but not this
+   one: the access point we just heard from is running too, and the program would wait
+   behind both while another CPU idles (notify.py says the same of the Python path). */
 static int answer(uint64_t id, int result) {
     struct seccomp_notif_resp response = {.id = id, .val = 0, .error = result, .flags = 0};
+    int answered = 1;
+    set_sync_wake_up(0);
     while (ioctl(fc.listener, SECCOMP_IOCTL_NOTIF_SEND, &response) < 0) {
-        if (errno != EINTR)
-            return 0; /* ENOENT: the thread was killed meanwhile */
+        if (errno != EINTR) {
+            answered = 0; /* ENOENT: the thread was killed meanwhile */
+            break;
+        }
     }
-    return 1;
+    set_sync_wake_up(1);
+    return answered;
 }
 
 static void disconnect(int sock) {
@@ -204,8 +230,9 @@ static void finish(struct conn *c, int result, enum outcome outcome, int detail,
     }
 }
 
-static void proof(const char *role, const uint8_t *connector_nonce, const uint8_t *acceptor_nonce,
-                  uint8_t out[PROOF_SIZE]) {
+/* 0, or -1 where libcrypto would not (a FIPS policy refusing the key, say). */
+static int proof(const char *role, const uint8_t *connector_nonce, const uint8_t *acceptor_nonce,
+                 uint8_t out[PROOF_SIZE]) {
     uint8_t message[sizeof proof_label + 16 + 16 + 2 * NONCE_SIZE];
     size_t n = 0, role_size = strlen(role) + 1;
     memcpy(message, proof_label, sizeof proof_label);
@@ -219,7 +246,10 @@ static void proof(const char *role, const uint8_t *connector_nonce, const uint8_
     memcpy(message + n, acceptor_nonce, NONCE_SIZE);
     n += NONCE_SIZE;
     unsigned int size = PROOF_SIZE;
-    HMAC(EVP_sha256(), fc.setup.secret, (int)fc.setup.secret_len, message, n, out, &size);
+    if (HMAC(EVP_sha256(), fc.setup.secret, (int)fc.setup.secret_len, message, n, out, &size) ==
+            NULL || size != PROOF_SIZE)
+        return -1;
+    return 0;
 }
 
 static int send_all(struct conn *c, const uint8_t *data, size_t size) {
@@ -278,15 +308,17 @@ static void handle(struct conn *c, enum message kind, const uint8_t *body) {
         return;
     }
     if (kind == CHALLENGE) {
-        uint8_t expected[PROOF_SIZE];
-        proof("acceptor", c->nonce, body, expected);
+        uint8_t expected[PROOF_SIZE], message[HEADER_SIZE + PROOF_SIZE];
+        if (proof("acceptor", c->nonce, body, expected) < 0 ||
+            proof("connector", c->nonce, body, message + HEADER_SIZE) < 0) {
+            finish(c, -ECONNREFUSED, IO_FAILED, EPROTO, 0);
+            return;
+        }
         if (CRYPTO_memcmp(expected, body + NONCE_SIZE, PROOF_SIZE) != 0) {
             fail(c, BAD_PROOF, 1, 0);
             return;
         }
-        uint8_t message[HEADER_SIZE + PROOF_SIZE];
         header(message, PROOF, PROOF_SIZE);
-        proof("connector", c->nonce, body, message + HEADER_SIZE);
         int error = send_all(c, message, sizeof message);
         if (error) {
             finish(c, -ECONNREFUSED, IO_FAILED, error, 0);
@@ -299,12 +331,16 @@ static void handle(struct conn *c, enum message kind, const uint8_t *body) {
     finish(c, 0, AUTHENTICATED, 0, 0); /* ACCEPT */
 }
 
+static size_t body_length(const uint8_t *header) {
+    return ((size_t)header[6] << 8) | header[7];
+}
+
 /* Read exactly what completes the next message (never application data after it). */
 static void readable(struct conn *c) {
     for (;;) {
         size_t needed = HEADER_SIZE;
         if (c->have >= HEADER_SIZE)
-            needed += ((size_t)c->buffer[6] << 8) | c->buffer[7];
+            needed += body_length(c->buffer);
         ssize_t got = recv(c->sock, c->buffer + c->have, needed - c->have, MSG_DONTWAIT);
         if (got < 0) {
             if (errno == EAGAIN || errno == EINTR)
@@ -320,7 +356,7 @@ static void readable(struct conn *c) {
         c->have += (size_t)got;
         if (before < HEADER_SIZE && c->have >= HEADER_SIZE) { /* the header: judge it first */
             const uint8_t *h = c->buffer;
-            size_t length = ((size_t)h[6] << 8) | h[7];
+            size_t length = body_length(h);
             enum message kind = h[5];
             int expected = c->state == WAIT_CHALLENGE ? (kind == CHALLENGE || kind == REJECT)
                                                       : (kind == ACCEPT || kind == REJECT);
@@ -346,7 +382,7 @@ static void readable(struct conn *c) {
             }
         }
         if (c->have >= HEADER_SIZE &&
-            c->have == HEADER_SIZE + (((size_t)c->buffer[6] << 8) | c->buffer[7])) {
+            c->have == HEADER_SIZE + body_length(c->buffer)) {
             c->have = 0;
             /* Finished (c is gone), failed, or PROOF sent: the ACCEPT cannot be here yet. */
             handle(c, c->buffer[5], c->buffer + HEADER_SIZE);
@@ -422,11 +458,29 @@ static int still_held(uint64_t id) {
     return ioctl(fc.listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
 }
 
+/* The process a thread belongs to, from /proc; 0 if unknown. */
+static pid_t tgid_of(uint32_t tid) {
+    char path[64], text[1024];
+    snprintf(path, sizeof path, "/proc/%u/status", tid);
+    int file = open(path, O_RDONLY | O_CLOEXEC);
+    if (file < 0)
+        return 0;
+    ssize_t got = read(file, text, sizeof text - 1);
+    close(file);
+    if (got <= 0)
+        return 0;
+    text[got] = 0;
+    const char *line = strstr(text, "\nTgid:");
+    return line ? (pid_t)strtol(line + 6, NULL, 10) : 0;
+}
+
 /* The program's socket as a descriptor of ours, or -1. */
 static int take_socket(uint32_t tid, uint64_t id, int fd) {
     int pidfd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
-    if (pidfd < 0)
-        pidfd = (int)syscall(SYS_pidfd_open, tid, 0); /* before 6.9: a main thread only */
+    if (pidfd < 0) { /* before 6.9: a process's pidfd, through its main thread */
+        pid_t tgid = tgid_of(tid);
+        pidfd = tgid > 0 ? (int)syscall(SYS_pidfd_open, tgid, 0) : -1;
+    }
     if (pidfd < 0)
         return -1;
     int copy = -1;
@@ -491,14 +545,15 @@ static void start_connect(struct conn *c, int family) {
         if (setsockopt(c->sock, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) == 0)
             error = connect(c->sock, destination, size) < 0 ? errno : 0;
     }
-    if (flags >= 0 && !(flags & O_NONBLOCK))
-        fcntl(c->sock, F_SETFL, flags);
     if (error == EINPROGRESS) {
-        /* A loopback connect is usually done by now: asking again says so. */
+        /* A loopback connect is usually done by now: asking again (still non-blocking)
+           says so, or EALREADY while it goes on. */
         error = connect(c->sock, destination, size) < 0 ? errno : 0;
         if (error == EISCONN)
             error = 0;
     }
+    if (flags >= 0 && !(flags & O_NONBLOCK))
+        fcntl(c->sock, F_SETFL, flags); /* the rest is MSG_DONTWAIT I/O and epoll */
     if (error == 0) {
         struct epoll_event event = {.events = 0, .data.ptr = c};
         epoll_ctl(fc.epoll, EPOLL_CTL_ADD, c->sock, &event);
@@ -520,10 +575,14 @@ static void notified(void) {
         return; /* ENOENT: its thread left the syscall; EINTR */
     if (req.data.nr != SYS_connect)
         goto to_python;
+    /* The kernel's own limits on addrlen (EINVAL outside them): Python answers those. */
+    int length = (int)req.data.args[2];
+    if (length < 2 || length > 128)
+        goto to_python;
     uint8_t raw[sizeof(struct sockaddr_in6)];
-    size_t size = req.data.args[2] < sizeof raw ? (size_t)req.data.args[2] : sizeof raw;
+    size_t size = (size_t)length < sizeof raw ? (size_t)length : sizeof raw;
     struct iovec local = {raw, size}, remote = {(void *)(uintptr_t)req.data.args[1], size};
-    if (size == 0 || process_vm_readv((pid_t)req.pid, &local, 1, &remote, 1, 0) != (ssize_t)size)
+    if (process_vm_readv((pid_t)req.pid, &local, 1, &remote, 1, 0) != (ssize_t)size)
         goto to_python;
     int target = find_target(raw, size);
     if (target < 0) {
@@ -627,7 +686,10 @@ static void *run(void *unused) {
     }
     fc.stopping = 1;
     while (fc.conns) /* the supervisor is ending: nothing will carry these any more */
-        finish(fc.conns, -ECONNREFUSED, HANDSHAKE_FAILED, PEER_CLOSED, 0);
+        finish(fc.conns, -ECONNREFUSED, ABANDONED, 0, 0);
+    /* End of file for Python: it stops waiting for us, or (if it did not ask us to
+       stop) reads the listener itself from now on. */
+    shutdown(fc.control, SHUT_WR);
     return NULL;
 }
 
@@ -640,8 +702,10 @@ int fastconnect_start(int listener, int control, const void *setup, size_t size)
         return EINVAL;
     memcpy(&fc.setup, setup, size);
     if (fc.setup.version != SETUP_VERSION || fc.setup.n_targets > MAX_TARGETS ||
-        fc.setup.secret_len > MAX_SECRET)
+        fc.setup.secret_len > MAX_SECRET) {
+        OPENSSL_cleanse(&fc.setup, sizeof fc.setup);
         return EINVAL;
+    }
     memcpy(&fc.dest4, fc.setup.dest4, sizeof fc.dest4);
     memcpy(&fc.dest6, fc.setup.dest6, sizeof fc.dest6);
     fc.listener = listener;
@@ -649,11 +713,22 @@ int fastconnect_start(int listener, int control, const void *setup, size_t size)
     fc.conns = NULL;
     fc.stopping = 0;
     fc.epoll = epoll_create1(EPOLL_CLOEXEC);
-    if (fc.epoll < 0)
-        return errno;
+    if (fc.epoll < 0) {
+        int error = errno;
+        OPENSSL_cleanse(&fc.setup, sizeof fc.setup);
+        return error;
+    }
+    fc.sync_wake_up = ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+                            (uint64_t)SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) == 0;
+    /* Every signal stays with the Python thread (its signalfd must see them all). */
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &previous);
     int error = pthread_create(&fc.thread, NULL, run, NULL);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
     if (error) {
         close(fc.epoll);
+        OPENSSL_cleanse(&fc.setup, sizeof fc.setup);
         return error;
     }
     fc.running = 1;
@@ -670,4 +745,6 @@ void fastconnect_stop(void) {
     fc.running = 0;
 }
 
+/* fastconnect.py checks both before it starts the thread. */
+unsigned fastconnect_wire_version(void) { return WIRE_VERSION; }
 size_t fastconnect_setup_size(void) { return sizeof(struct setup); }

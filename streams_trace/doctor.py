@@ -33,7 +33,7 @@ def system_report() -> dict[str, Any]:
     except UsageError as exc:
         pump, pump_why = "none", str(exc)
     helper = helper_path()
-    native_connects = fastconnect.LIBRARY_PATH.exists()
+    connects_problem = fastconnect.problem()
     return {
         "kernel": {"release": probes.kernel_release(), "machine": platform.machine()},
         "features": {
@@ -46,8 +46,9 @@ def system_report() -> dict[str, Any]:
         "data_path": {"auto": path, "why": why},
         "native_helper": {"built": helper is not None, "path": str(helper) if helper else None},
         "pump": {"runs": pump, "why": pump_why},
-        "native_connects": {"built": native_connects,
-                            "path": str(fastconnect.LIBRARY_PATH) if native_connects else None},
+        "native_connects": {"usable": connects_problem is None,
+                            "path": str(fastconnect.LIBRARY_PATH),
+                            "problem": connects_problem},
     }
 
 
@@ -145,8 +146,8 @@ def format_text(report: dict[str, Any]) -> str:
     lines.append(f"{'relay pump':<18}{report['pump']['runs']} ({report['pump']['why']})")
     connects = report["native_connects"]
     lines.append(f"{'native connects':<18}" + (
-        f"built: {connects['path']}" if connects["built"]
-        else "not built (streams-run redirects connects in Python)"))
+        f"usable: {connects['path']}" if connects["usable"]
+        else f"{connects['problem']} (streams-run redirects connects in Python)"))
     tunnel = report.get("tunnel")
     if tunnel is not None:
         lines.append(f"tunnel {tunnel['id']}")

@@ -85,6 +85,14 @@ class Failure(enum.IntEnum):
     def text(self) -> str:
         return _FAILURE_TEXT[self]
 
+    @classmethod
+    def from_wire(cls, code: int) -> Failure | None:
+        """The reason a REJECT carries, or None for a code this version does not know."""
+        try:
+            return cls(code)
+        except ValueError:
+            return None
+
 
 _FAILURE_TEXT = {
     Failure.BAD_MAGIC: "peer does not speak the LAN handshake",
@@ -246,10 +254,7 @@ class Handshake:
         return b""
 
     def _on_reject(self, body: bytes) -> bytes:
-        try:
-            self.peer_failure = Failure(body[0])
-        except ValueError:
-            self.peer_failure = None
+        self.peer_failure = Failure.from_wire(body[0])
         return self._fail(Failure.REJECTED, tell_peer=False)
 
     def _handle(self, kind: Message, body: bytes) -> bytes:

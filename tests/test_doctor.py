@@ -44,7 +44,8 @@ def test_pump_follows_the_environment_and_the_build() -> None:
 
     report = json.loads(doctor("--json").stdout)
     assert report["native_helper"]["built"] == (helper_path() is not None)
-    assert report["native_connects"]["built"] == fastconnect.LIBRARY_PATH.exists()
+    assert report["native_connects"]["usable"] == (fastconnect.problem() is None)
+    assert report["native_connects"]["usable"] == fastconnect.LIBRARY_PATH.exists()
     assert report["pump"]["runs"] == ("native-splice" if helper_path() else "python-splice")
     forced = json.loads(doctor("--json", env={"STREAMS_TRACE_PUMP": "python"}).stdout)
     assert forced["pump"]["runs"] == "python-splice" and "STREAMS_TRACE_PUMP" in \

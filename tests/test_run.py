@@ -159,7 +159,7 @@ def data_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         if not fastconnect.LIBRARY_PATH.exists():
             pytest.skip(NATIVE_CONNECTS_MISSING)
         monkeypatch.setenv(fastconnect.CONNECTS_ENV, "python")
-    elif fastconnect.LIBRARY_PATH.exists():
+    elif path == "direct" and fastconnect.LIBRARY_PATH.exists():
         monkeypatch.setenv(fastconnect.CONNECTS_ENV, "native")
     return path
 
@@ -846,6 +846,7 @@ def test_debug_says_how_connects_are_held(tunnel: Gateway, echo: EchoListener,
         if os.environ.get(fastconnect.CONNECTS_ENV) == "native":
             assert "(seccomp filter, connects by user notification, redirected in native " \
                    "code)" in err
+            assert ": authenticated in " in err and "(native connect path)" in err, err
         else:
             assert "(seccomp filter, connects by user notification)" in err
     else:
@@ -977,6 +978,12 @@ HANDSHAKE_FAULTS = {
     "wrong proof": (bytes.fromhex("47534c4801020040") + bytes(64),
                     "peer's proof does not match the LAN secret",
                     bytes.fromhex("47534c480105000107")),
+    "other version": (bytes.fromhex("47534c4802020040"),
+                      "peer speaks another version of the LAN handshake",
+                      bytes.fromhex("47534c480105000102")),
+    "wrong length": (bytes.fromhex("47534c4801020020"), "peer sent a message of the wrong length",
+                     bytes.fromhex("47534c480105000104")),
+    "unknown reason": (bytes.fromhex("47534c4801050001ee"), "peer refused the handshake", b""),
     "closed": (b"", "peer closed the connection during the handshake", b""),
 }
 
@@ -1021,6 +1028,8 @@ def test_a_misbehaving_access_point_gives_econnrefused(tunnel: Gateway, tmp_path
         server.join(30)
     assert code == 1 and out == "connect: Connection refused\nok 0\n", err
     assert f"handshake failed: {reason}" in err, err
+    if os.environ.get(fastconnect.CONNECTS_ENV) == "native":
+        assert "(native connect path)" in err, err
     tunnel_id = uuid.UUID(tunnel.tunnel_id).bytes
     assert seen["hello"][:8] == bytes.fromhex("47534c4801010030") and \
         seen["hello"][8:24] == tunnel_id
@@ -2030,6 +2039,32 @@ def test_a_blocking_connect_waits_no_longer_than_its_send_timeout(
             dead, tunnel.tunnel_id, sys.executable, "-c", SEND_TIMEOUT_CLIENT, name, port,
             options=("--timeout", "3")), 40)
     assert (code, out) == (0, "ETIMEDOUT 1\n"), err
+
+
+def test_an_access_point_that_drops_syns_times_out_without_holding_the_supervisor(
+        tunnel: Gateway, tmp_path: Path, c_client: Path) -> None:
+    """A full accept queue drops SYNs: blocking connects to it stay in SYN_SENT. Each
+    times out after --timeout, all four together: none holds the supervisor up."""
+    with contextlib.ExitStack() as stack:
+        full = stack.enter_context(socket.socket())
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)  # a queue of one; never accepted
+        for _ in range(2):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(full.getsockname())
+        time.sleep(0.2)
+        dead = conf_with(tunnel.initiator_dir, tunnel.tunnel_id, tmp_path / "full",
+                         connector_contact_string=f"127.0.0.1:{full.getsockname()[1]}")
+        name, port = fake_contact(tunnel)
+        started = time.monotonic()
+        code, out, err = finish(streams_run(
+            dead, tunnel.tunnel_id, str(c_client), "-t", "4", name, port,
+            options=("-d", "--timeout", "1")), 60)
+        elapsed = time.monotonic() - started
+    assert code == 1 and out.count("connect: Connection timed out") == 4, (out, err)
+    assert elapsed < 8, err  # SYN retries would take 1 s, 3 s, 7 s... each, in turn
+    assert err.count("timed out in") == 4, err
 
 
 def test_a_silent_access_point_times_out_and_delays_only_its_own_connects(

@@ -22,7 +22,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ CHOICES = ("auto", "native", "python")
 LIBRARY_PATH = Path(__file__).with_name("libfastconnect.so")  # where setup.py builds it
 
 # Wire format, native byte order, packed: must match native/fastconnect.c.
+WIRE_VERSION = 2
 MAX_TARGETS = 64
 MAX_SECRET = 1024
 SETUP_VERSION = 1
@@ -45,6 +46,7 @@ OP_FORWARD = 1
 OP_DONE = 2
 DONE = struct.Struct("=IIiiIIiiQI")
 MESSAGE_ROOM = 256  # the longest message, with room to spare
+STOP_TIMEOUT = 10.0  # s: how long ``close`` waits for the thread to end
 
 
 class Outcome(enum.IntEnum):
@@ -54,6 +56,7 @@ class Outcome(enum.IntEnum):
     HANDSHAKE_FAILED = 3  # detail: handshake.Failure; peer: the reason a REJECT gave
     IO_FAILED = 4  # detail: errno
     TIMED_OUT = 5
+    ABANDONED = 6  # streams-run was stopping
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,20 @@ def check_choice() -> None:
     """Before the program starts: $STREAMS_TRACE_CONNECTS is valid, and where it says
     ``native``, the library loads. Raises Unavailable."""
     if choice() == "native":
+        try:
+            _load()
+        except Unavailable as exc:
+            raise Unavailable(f"no native connect path, which ${CONNECTS_ENV} asks for: "
+                              f"{exc}") from None
+
+
+def problem() -> str | None:
+    """Why the native connect path cannot run here, or None (for doctor)."""
+    try:
         _load()
+    except Unavailable as exc:
+        return str(exc)
+    return None
 
 
 def _load() -> ctypes.CDLL:
@@ -96,32 +112,38 @@ def _load() -> ctypes.CDLL:
         library = ctypes.CDLL(str(LIBRARY_PATH))
     except OSError as exc:
         raise Unavailable(f"cannot load {LIBRARY_PATH.name}: {exc}") from None
+    library.fastconnect_wire_version.restype = ctypes.c_uint
     library.fastconnect_setup_size.restype = ctypes.c_size_t
     library.fastconnect_start.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
                                           ctypes.c_size_t]
     library.fastconnect_start.restype = ctypes.c_int
     library.fastconnect_stop.restype = None
-    size = library.fastconnect_setup_size()
-    if size != SETUP.size + MAX_TARGETS * TARGET.size:
-        raise Unavailable(f"{LIBRARY_PATH.name} is from another version (setup of {size} "
-                          "bytes); reinstall streams-trace")
+    version, size = library.fastconnect_wire_version(), library.fastconnect_setup_size()
+    if (version, size) != (WIRE_VERSION, SETUP.size + MAX_TARGETS * TARGET.size):
+        raise Unavailable(f"{LIBRARY_PATH.name} is from another version of streams-trace; "
+                          "reinstall it")
     return library
 
 
 def pack_setup(timeout: float, tunnel_id: bytes, secret: bytes | None,
-               access_point: SockAddr, targets: Iterable[tuple[str, int]]) -> bytes:
-    """The setup the C side reads. Raises Unavailable where it cannot hold it all."""
+               access_point: SockAddr | None, targets: Iterable[tuple[str, int]]) -> bytes:
+    """The setup the C side reads. Raises Unavailable where it cannot hold it all.
+    Without an access point there are no targets: the thread only lets other
+    connects run and passes the rest on."""
     secret = secret or b""
     if len(secret) > MAX_SECRET:
         raise Unavailable(f"a LAN secret over {MAX_SECRET} bytes")
     targets = list(targets)
     if len(targets) > MAX_TARGETS:
         raise Unavailable(f"more than {MAX_TARGETS} tunnel addresses")
-    # An IPv4 socket cannot reach an IPv6 access point; an IPv6 one reaches either.
-    ipv6_only = ":" in access_point.host
-    dest4 = b"" if ipv6_only else sa_codec.encode(
-        SockAddr(socket.AF_INET, access_point.host, access_point.port))
-    dest6 = sa_codec.encode(SockAddr(socket.AF_INET6, access_point.host, access_point.port))
+    dest4 = dest6 = b""
+    if access_point is not None:
+        # An IPv4 socket cannot reach an IPv6 access point; an IPv6 one reaches either.
+        if ":" not in access_point.host:
+            dest4 = sa_codec.encode(SockAddr(socket.AF_INET, access_point.host,
+                                             access_point.port))
+        dest6 = sa_codec.encode(SockAddr(socket.AF_INET6, access_point.host,
+                                         access_point.port))
     packed = [SETUP.pack(SETUP_VERSION, max(1, round(timeout * 1000)), tunnel_id, len(secret),
                          secret, dest4, dest6, len(targets))]
     for host, port in targets:
@@ -140,6 +162,7 @@ class FastConnect:
         self._library = library
         self.control, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.control.setblocking(False)
+        self.ended = False  # the thread has finished (and said so with end of file)
         error = library.fastconnect_start(listener, self._theirs.fileno(), setup, len(setup))
         if error:
             self.control.close()
@@ -149,32 +172,42 @@ class FastConnect:
     def fileno(self) -> int:
         return self.control.fileno()
 
-    def read(self) -> list[usernotify.Notification | Done]:
-        """What the thread has sent since the last read (notifications for Python to
-        answer, and records of connects it did)."""
-        messages: list[usernotify.Notification | Done] = []
+    def read(self) -> Iterator[usernotify.Notification | Done]:
+        """What the thread has sent since the last read, one message at a time:
+        notifications for Python to answer, and records of connects it did. After
+        the last, ``ended`` tells whether the thread has finished."""
         while True:
             try:
                 data = self.control.recv(MESSAGE_ROOM)
-            except BlockingIOError:
-                return messages
+            except (BlockingIOError, TimeoutError):
+                return
             if not data:
-                return messages
+                self.ended = True
+                return
             (op,) = OP.unpack_from(data)
             if op == OP_FORWARD:
-                messages.append(usernotify.decode(data[OP.size:]))
+                yield usernotify.decode(data[OP.size:])
             elif op == OP_DONE:
                 (_, tid, fd, result, target, outcome, detail, peer, elapsed_ns,
                  answered) = DONE.unpack(data)
-                messages.append(Done(tid, fd, result, target, Outcome(outcome), detail, peer,
-                                     elapsed_ns / 1e9, bool(answered)))
+                yield Done(tid, fd, result, target, Outcome(outcome), detail, peer,
+                           elapsed_ns / 1e9, bool(answered))
 
     def close(self) -> list[usernotify.Notification | Done]:
-        """Stop the thread (it answers what it still holds, ECONNREFUSED, and ends); what
-        it sent and was not read yet, such as the records of the last connects."""
+        """Stop the thread (it answers what it still holds, ECONNREFUSED, and ends) and
+        return what it sent that was not read yet, such as the records of the last
+        connects. Reading on until its end of file also frees a send of its that waits
+        for room, so it can end."""
         self.control.shutdown(socket.SHUT_WR)  # its end reads end of file
-        self._library.fastconnect_stop()
-        self._theirs.close()
-        left = self.read()
+        self.control.settimeout(STOP_TIMEOUT)
+        left: list[usernotify.Notification | Done] = []
+        while not self.ended:
+            before = len(left)
+            left.extend(self.read())
+            if len(left) == before and not self.ended:
+                break  # timed out: a thread that never ends is left to the process's exit
         self.control.close()
+        if self.ended:  # else its thread may still use its end: left to the process's exit
+            self._library.fastconnect_stop()
+            self._theirs.close()
         return left

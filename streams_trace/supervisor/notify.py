@@ -28,7 +28,9 @@ loop first checks that the call is still held, and then the same holds.)
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import select
 import selectors
 import socket
 from collections.abc import Callable
@@ -41,6 +43,8 @@ from ..trace.procfs import TCP_CLOSE, tgid_of
 from .fastconnect import Done, FastConnect
 from .loop import Loop
 from .tracer import Task, Tracer
+
+log = logging.getLogger("streams_trace.run")
 
 
 class NotifiedPolicy(Protocol):
@@ -116,12 +120,23 @@ class Notifier:
         self._decide(notification)
 
     def _on_native_readable(self) -> None:
-        assert self.native is not None
-        for message in self.native.read():
+        native = self.native
+        assert native is not None
+        for message in native.read():
             if isinstance(message, Done):
                 self.policy.on_native_connect(message)
             elif usernotify.still_held(self.listener, message.id):  # else: a signal or death
                 self._decide(message)
+        if native.ended:
+            # Its thread stopped by itself: the program has gone (nothing holds the
+            # filter), or it failed. Either way the listener is ours to read again.
+            self.loop.unwatch(native)
+            native.close()
+            self.native = None
+            if not _hung_up(self.listener):
+                log.warning("the native connect path stopped; connects are redirected in "
+                            "Python from now on")
+                self.loop.watch(self.listener, selectors.EVENT_READ, self._on_readable)
 
     def _decide(self, notification: usernotify.Notification) -> None:
         task = self.tracer.tasks.get(notification.pid)
@@ -186,3 +201,10 @@ class Notifier:
             # do our clean-up once it sleeps again (its connect returns 30-50 us sooner
             # on a VM; where nothing else waits, this returns at once).
             os.sched_yield()
+
+
+def _hung_up(listener: int) -> bool:
+    """True once no thread has the filter any more (RECV would then block for good)."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    return any(events & select.POLLHUP for _, events in poller.poll(0))

@@ -49,7 +49,7 @@ from ..handshake import (
 from ..trace import ptraceapi as pt
 from ..trace import seccomp
 from ..trace import sockaddr as sa_codec
-from ..trace.procfs import fd_inode, seccomp_filter_count, thread_exists
+from ..trace.procfs import fd_inode, seccomp_filter_count, tgid_of, thread_exists
 from ..trace.sockaddr import SockAddr
 from . import fastconnect
 from .dns import Responder, hosts_file_addresses
@@ -452,14 +452,15 @@ class Redirector:
         if wanted == "python":
             return None
         try:
-            if self.access_point is None or not self.access_point.is_ip:
-                raise fastconnect.Unavailable("the access point has no address")
-            self.native_targets = list(self.targets)
-            secret = self.tunnel.secret
+            # Without an access point (a listener's conf) or its address (a name that did
+            # not resolve), the tunnel's connects are Python's to refuse, with its reason.
+            access_point = None
+            if self.access_point is not None and self.access_point.is_ip:
+                access_point = SockAddr(0, self.access_point.host, self.access_point.port)
+                self.native_targets = list(self.targets)
             setup = fastconnect.pack_setup(
-                self.settings.timeout, tunnel_id_bytes(self.tunnel.tunnel_id), secret,
-                SockAddr(0, self.access_point.host, self.access_point.port),
-                self.native_targets)
+                self.settings.timeout, tunnel_id_bytes(self.tunnel.tunnel_id),
+                self.tunnel.secret, access_point, self.native_targets)
             return fastconnect.FastConnect(listener, setup)
         except fastconnect.Unavailable as exc:
             (log.warning if wanted == "native" else log.debug)(
@@ -474,28 +475,25 @@ class Redirector:
             self.refused += 1
         if not log.isEnabledFor(logging.DEBUG):
             return
-        host, port = self.native_targets[done.target]
-        outcome = {
-            fastconnect.Outcome.AUTHENTICATED: "authenticated",
-            fastconnect.Outcome.CONNECTED_NO_SECRET: "connected (no LAN secret)",
-            fastconnect.Outcome.TIMED_OUT: "timed out",
-        }.get(done.outcome)
-        if outcome is None:
-            if done.outcome is fastconnect.Outcome.UNREACHABLE:
-                outcome = f"access point unreachable: {os.strerror(done.detail)}"
-            elif done.outcome is fastconnect.Outcome.IO_FAILED:
-                outcome = f"handshake failed: {os.strerror(done.detail)}"
-            else:
-                peer = done.peer if done.peer in Failure._value2member_map_ else None
-                outcome = "handshake failed: " + describe_failure(
-                    Failure(done.detail), None if peer is None else Failure(peer))
+        Outcome = fastconnect.Outcome
+        if done.outcome is Outcome.UNREACHABLE:
+            outcome = f"{Operation.unreachable}: {os.strerror(done.detail)}"
+        elif done.outcome is Outcome.IO_FAILED:
+            outcome = f"handshake failed: {os.strerror(done.detail)}"
+        elif done.outcome is Outcome.HANDSHAKE_FAILED:
+            failure = Failure.from_wire(done.detail) or Failure.PEER_CLOSED
+            outcome = "handshake failed: " + describe_failure(failure,
+                                                              Failure.from_wire(done.peer))
+        else:
+            outcome = OUTCOME_WORDS[done.outcome]
         if not done.answered:
             outcome += " (the thread had gone)"
         task = self.tracer.tasks.get(done.tid)
-        log_connect(done.fd, task.tgid if task is not None else done.tid,
-                    self.targets[(host, port)], f"[{host}]:{port}" if ":" in host
-                    else f"{host}:{port}", self.access_point, outcome, done.elapsed,
-                    done.result)
+        host, port = self.native_targets[done.target]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        log_connect(done.fd, task.tgid if task is not None else tgid_of(done.tid),
+                    self.targets[(host, port)], str(SockAddr(family, host, port)),
+                    self.access_point, outcome, done.elapsed, done.result, native=True)
 
     def prepare_connector(self) -> None:
         """Make the next connect's handshake (nonce and all) while no program waits."""
@@ -898,7 +896,7 @@ class Operation:
             self.handshake_done(False, f"handshake failed: {exc.strerror or exc}")
             return
         if machine.state is State.AUTHENTICATED:
-            self.handshake_done(True, "authenticated")
+            self.handshake_done(True, OUTCOME_WORDS[fastconnect.Outcome.AUTHENTICATED])
         else:
             self.handshake_done(False, f"handshake failed: {machine.failure_text}")
 
@@ -1035,7 +1033,7 @@ class Operation:
 
     def timed_out(self) -> None:
         self._abandon()
-        self.finish(-errno.ETIMEDOUT, "timed out")
+        self.finish(-errno.ETIMEDOUT, OUTCOME_WORDS[fastconnect.Outcome.TIMED_OUT])
 
 
 class ConnectRedirect(Operation):
@@ -1086,7 +1084,7 @@ class ConnectRedirect(Operation):
         # answer (which acknowledges the one before) is in, so Nagle never holds one back.
         machine = self.owner.take_connector(self.deadline)
         if machine is None:
-            self.finish(0, "connected (no LAN secret)")
+            self.finish(0, OUTCOME_WORDS[fastconnect.Outcome.CONNECTED_NO_SECRET])
             return
         try:
             # HELLO first, so the access point works on it while we put the program's
@@ -1115,13 +1113,23 @@ class ConnectRedirect(Operation):
                         outcome, time.monotonic() - self.started, result)
 
 
+# The -d words for outcomes that carry no detail, on either path (see log_connect).
+OUTCOME_WORDS = {
+    fastconnect.Outcome.AUTHENTICATED: "authenticated",
+    fastconnect.Outcome.CONNECTED_NO_SECRET: "connected (no LAN secret)",
+    fastconnect.Outcome.TIMED_OUT: "timed out",
+    fastconnect.Outcome.ABANDONED: "abandoned: streams-run was stopping",
+}
+
+
 def log_connect(fd: int, tgid: int, name: str, target: str, access_point: Contact | None,
-                outcome: str, elapsed: float, result: int) -> None:
+                outcome: str, elapsed: float, result: int, native: bool = False) -> None:
     """The -d line of one redirected connect (either path)."""
     log.debug(
-        "connect fd %d of process %d to %s (%s) -> initiator access point %s: %s in %.2f ms%s",
+        "connect fd %d of process %d to %s (%s) -> initiator access point %s: %s in %.2f ms%s%s",
         fd, tgid, name, target, access_point, outcome, elapsed * 1000,
         "" if result == 0 else f", the program gets {errno.errorcode.get(-result, result)}",
+        " (native connect path)" if native else "",
     )
 
 

@@ -75,7 +75,7 @@ def run(
     try:
         fastconnect.check_choice()
     except fastconnect.Unavailable as exc:
-        raise SupervisorError(f"no native connect path: {exc}") from None
+        raise SupervisorError(str(exc)) from None
     seccomp_mode = os.environ.get(SECCOMP_ENV, "on").lower()
     if use_seccomp is None:
         use_seccomp = seccomp_mode not in ("off", "0", "no")
@@ -112,6 +112,12 @@ def run(
         raise
     if child.listener is not None:
         native = redirector.start_native_connects(child.listener)
+        if native is None and fastconnect.choice() == "native":
+            os.kill(child.pid, signal.SIGKILL)
+            redirector.close()
+            signals.close()
+            raise SupervisorError(f"the native connect path did not start, and "
+                                  f"${fastconnect.CONNECTS_ENV} is native (the -d log says why)")
         redirector.notifier = Notifier(loop, child.listener, tracer, redirector, native)
         tracer.on_signal_stop = redirector.notifier.on_signal_stop
         how = "seccomp filter, connects by user notification" + (
