@@ -402,56 +402,50 @@ static void writable(struct conn *c) {
     connected(c);
 }
 
-/* The tunnel target this address names, or -1. */
-static int find_target(const uint8_t *raw, size_t size) {
-    uint16_t family;
-    if (size < sizeof family)
-        return -1;
-    memcpy(&family, raw, sizeof family);
+/* An IPv4 or IPv6 connect address, as the targets hold them. */
+struct ip_address {
+    uint16_t family;  /* of the sockaddr: AF_INET or AF_INET6 */
+    uint32_t compare; /* AF_INET for IPv4 and v4-mapped IPv6, else AF_INET6 */
+    uint16_t port;    /* host byte order */
     uint8_t addr[16];
-    uint32_t want;
-    uint16_t port;
-    if (family == AF_INET && size >= sizeof(struct sockaddr_in)) {
+};
+
+/* 1 if raw holds a whole IPv4 or IPv6 sockaddr, read into *out; else 0. */
+static int parse_ip_address(const uint8_t *raw, size_t size, struct ip_address *out) {
+    memcpy(&out->family, raw, sizeof out->family);
+    if (out->family == AF_INET && size >= sizeof(struct sockaddr_in)) {
         struct sockaddr_in sin;
         memcpy(&sin, raw, sizeof sin);
-        want = AF_INET;
-        port = ntohs(sin.sin_port);
-        memcpy(addr, &sin.sin_addr, 4);
-    } else if (family == AF_INET6 && size >= sizeof(struct sockaddr_in6)) {
+        out->compare = AF_INET;
+        out->port = ntohs(sin.sin_port);
+        memcpy(out->addr, &sin.sin_addr, 4);
+        return 1;
+    }
+    if (out->family == AF_INET6 && size >= sizeof(struct sockaddr_in6)) {
         struct sockaddr_in6 sin6;
         memcpy(&sin6, raw, sizeof sin6);
-        port = ntohs(sin6.sin6_port);
-        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(sin6.sin6_addr.s6_addr, mapped, 12) == 0) {
-            want = AF_INET;
-            memcpy(addr, sin6.sin6_addr.s6_addr + 12, 4);
+        out->port = ntohs(sin6.sin6_port);
+        if (IN6_IS_ADDR_V4MAPPED(&sin6.sin6_addr)) {
+            out->compare = AF_INET;
+            memcpy(out->addr, sin6.sin6_addr.s6_addr + 12, 4);
         } else {
-            want = AF_INET6;
-            memcpy(addr, sin6.sin6_addr.s6_addr, 16);
+            out->compare = AF_INET6;
+            memcpy(out->addr, sin6.sin6_addr.s6_addr, 16);
         }
-    } else {
-        return -1;
+        return 1;
     }
+    return 0;
+}
+
+/* The tunnel target this address names, or -1. */
+static int find_target(const struct ip_address *address) {
     for (uint32_t i = 0; i < fc.setup.n_targets; i++) {
         const struct target *t = &fc.setup.targets[i];
-        if (t->family == want && t->port == port &&
-            memcmp(t->addr, addr, want == AF_INET ? 4 : 16) == 0)
+        if (t->family == address->compare && t->port == address->port &&
+            memcmp(t->addr, address->addr, address->compare == AF_INET ? 4 : 16) == 0)
             return (int)i;
     }
     return -1;
-}
-
-/* An IPv4 or IPv6 address, whole, on a port other than 53. */
-static int other_ip_address(const uint8_t *raw, size_t size) {
-    uint16_t family, port;
-    if (size < sizeof family)
-        return 0;
-    memcpy(&family, raw, sizeof family);
-    if (!((family == AF_INET && size >= sizeof(struct sockaddr_in)) ||
-          (family == AF_INET6 && size >= sizeof(struct sockaddr_in6))))
-        return 0;
-    memcpy(&port, raw + sizeof family, sizeof port); /* sin_port and sin6_port sit here */
-    return ntohs(port) != 53;
 }
 
 static int still_held(uint64_t id) {
@@ -584,20 +578,21 @@ static void notified(void) {
     struct iovec local = {raw, size}, remote = {(void *)(uintptr_t)req.data.args[1], size};
     if (process_vm_readv((pid_t)req.pid, &local, 1, &remote, 1, 0) != (ssize_t)size)
         goto to_python;
-    int target = find_target(raw, size);
+    struct ip_address address;
+    if (!parse_ip_address(raw, size, &address))
+        goto to_python;
+    int target = find_target(&address);
     if (target < 0) {
         /* An IP address neither of the tunnel nor a nameserver's (port 53: Python
            answers for the tunnel's names) runs as the program made it, as in
            Redirector.on_connect. */
-        if (!other_ip_address(raw, size))
+        if (address.port == 53)
             goto to_python;
         struct seccomp_notif_resp response = {
             .id = req.id, .val = 0, .error = 0, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
         ioctl(fc.listener, SECCOMP_IOCTL_NOTIF_SEND, &response); /* ENOENT: it has gone */
         return;
     }
-    uint16_t address_family;
-    memcpy(&address_family, raw, sizeof address_family);
     int fd = (int)req.data.args[0];
     int sock = take_socket(req.pid, req.id, fd);
     if (sock < 0)
@@ -605,7 +600,7 @@ static void notified(void) {
     int family = 0;
     /* Python handles the rest: another family's address (the kernel refuses it), an
        access point this family cannot reach. */
-    if (!fresh_stream(sock, &family) || family != address_family ||
+    if (!fresh_stream(sock, &family) || family != address.family ||
         (family == AF_INET ? fc.dest4.sin_family : fc.dest6.sin6_family) == 0) {
         close(sock);
         goto to_python;
