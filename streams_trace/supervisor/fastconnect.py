@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contact import Contact
 from ..trace import sockaddr as sa_codec
 from ..trace import usernotify
 from ..trace.sockaddr import SockAddr
@@ -126,7 +127,7 @@ def _load() -> ctypes.CDLL:
 
 
 def pack_setup(timeout: float, tunnel_id: bytes, secret: bytes | None,
-               access_point: SockAddr | None, targets: Iterable[tuple[str, int]]) -> bytes:
+               access_point: Contact | None, targets: Iterable[tuple[str, int]]) -> bytes:
     """The setup the C side reads. Raises Unavailable where it cannot hold it all.
     Without an access point there are no targets: the thread only lets other
     connects run and passes the rest on."""
@@ -200,12 +201,7 @@ class FastConnect:
         for room, so it can end."""
         self.control.shutdown(socket.SHUT_WR)  # its end reads end of file
         self.control.settimeout(STOP_TIMEOUT)
-        left: list[usernotify.Notification | Done] = []
-        while not self.ended:
-            before = len(left)
-            left.extend(self.read())
-            if len(left) == before and not self.ended:
-                break  # timed out: a thread that never ends is left to the process's exit
+        left = list(self.read())  # until its end of file, or STOP_TIMEOUT of silence
         self.control.close()
         if self.ended:  # else its thread may still use its end: left to the process's exit
             self._library.fastconnect_stop()

@@ -456,7 +456,7 @@ class Redirector:
             # not resolve), the tunnel's connects are Python's to refuse, with its reason.
             access_point = None
             if self.access_point is not None and self.access_point.is_ip:
-                access_point = SockAddr(0, self.access_point.host, self.access_point.port)
+                access_point = self.access_point
                 self.native_targets = list(self.targets)
             setup = fastconnect.pack_setup(
                 self.settings.timeout, tunnel_id_bytes(self.tunnel.tunnel_id),
